@@ -1,0 +1,230 @@
+"""Run configuration: one frozen dataclass, loadable from TOML and overridden by CLI flags.
+
+Every run writes its resolved configuration (``config.toml``) beside its records, so a run
+can be repeated or resumed exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from acpsl.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODES = ("sequential", "splitfed")
+PARTITIONS = ("iid", "dirichlet")
+OPTIMIZERS = ("sgd", "adam")
+STEMS = ("imagenet", "cifar")
+
+
+def default_data_dir() -> str:
+    """``$ACPSL_DATA`` if set, else ``./data``."""
+    return os.environ.get("ACPSL_DATA", "data")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one split-learning run.
+
+    Attributes:
+        scheme: cut scheme name (see ``acpsl.schemes.names()``).
+        scheme_params: keyword parameters of the scheme (e.g. ``{"p_base": 0.7}``).
+        dataset: dataset name (see ``acpsl.data.names()``).
+        data_dir: root holding one folder per dataset (``mnist/``, ``cifar-10/``, ...).
+        download: fetch missing dataset files from their upstream hosts.
+        subset: use only the first N training samples (``None``: all).
+        test_subset: evaluate on only the first N test samples (``None``: all).
+        model: split model name (see ``acpsl.models.names()``).
+        cut: number of the model's top-level children on the client (ResNet-18: 4).
+        stem: ``imagenet`` (7x7 conv + max-pool, torchvision's) or ``cifar`` (3x3, no pool).
+        clients: number of clients.
+        mode: ``sequential`` (vanilla SL, client model relayed) or ``splitfed`` (averaged).
+        partition: ``iid`` or ``dirichlet``.
+        beta: Dirichlet concentration (smaller = more skewed).
+        rounds: rounds to train; one round = every client passes once over its data.
+        batch_size: mini-batch size.
+        optimizer: ``sgd`` or ``adam``.
+        lr: learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay.
+        seed: seed of every random choice of the run.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:i]``.
+        target_acc: test accuracies (in [0, 1]) whose rounds and bytes to reach are reported.
+        eval_uncompressed: evaluate on the test set without compressing the cut.
+        progress: show progress bars.
+    """
+
+    scheme: str = "standard"
+    scheme_params: Mapping[str, Any] = field(default_factory=dict)
+    dataset: str = "mnist"
+    data_dir: str = field(default_factory=default_data_dir)
+    download: bool = False
+    subset: int | None = None
+    test_subset: int | None = None
+    model: str = "resnet18"
+    cut: int = 4
+    stem: str = "imagenet"
+    clients: int = 5
+    mode: str = "sequential"
+    partition: str = "iid"
+    beta: float = 0.5
+    rounds: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    target_acc: tuple[float, ...] = ()
+    eval_uncompressed: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scheme_params", dict(self.scheme_params))
+        object.__setattr__(self, "target_acc", tuple(float(a) for a in self.target_acc))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid value and what to do."""
+
+        def bad(name: str, value: Any, why: str) -> ConfigError:
+            return ConfigError(f"invalid {name}={value!r}: {why}")
+
+        for name in ("clients", "rounds", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, value, "must be a positive integer")
+        for name in ("subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise bad(name, value, "must be a positive integer (or omitted for all samples)")
+        if not isinstance(self.cut, int) or self.cut < 1:
+            raise bad("cut", self.cut, "must be a positive number of client-side layers")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", self.lr, "the learning rate must be a positive number")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise bad("momentum", self.momentum, "must be in [0, 1)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", self.weight_decay, "must be >= 0")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise bad("beta", self.beta, "the Dirichlet concentration must be > 0")
+        if self.mode not in MODES:
+            raise bad("mode", self.mode, f"choose one of {', '.join(MODES)}")
+        if self.partition not in PARTITIONS:
+            raise bad("partition", self.partition, f"choose one of {', '.join(PARTITIONS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
+        if self.stem not in STEMS:
+            raise bad("stem", self.stem, f"choose one of {', '.join(STEMS)}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise bad("device", self.device, "use auto, cpu, cuda or cuda:N")
+        for acc in self.target_acc:
+            if not 0 < acc <= 1:
+                raise bad("target_acc", acc, "target accuracies are fractions in (0, 1]")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise bad("seed", self.seed, "must be a non-negative integer")
+
+    # ------------------------------------------------------------------------------ I/O
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (TOML-friendly: tuples become lists, ``None`` values are dropped)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+    def to_toml(self) -> str:
+        """The configuration as TOML text (what ``config.toml`` holds)."""
+        return dict_to_toml(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping; unknown keys and wrong types are :class:`ConfigError`."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(
+                f"unknown configuration keys: {', '.join(sorted(unknown))}; "
+                f"valid keys are: {', '.join(sorted(names))}"
+            )
+        kwargs = dict(data)
+        if "target_acc" in kwargs:
+            value = kwargs["target_acc"]
+            kwargs["target_acc"] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        try:
+            return cls(**kwargs)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid configuration: {exc}") from None
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        """Load a configuration file; a missing or malformed file is a :class:`ConfigError`."""
+        return cls.from_dict(read_toml(path))
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a TOML file, turning I/O and syntax errors into one-line :class:`ConfigError`."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {p} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {p}: {exc}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dict_to_toml(data: Mapping[str, Any]) -> str:
+    """Write a flat mapping whose values are scalars, lists, or one level of tables."""
+    scalars = [(k, v) for k, v in data.items() if not isinstance(v, Mapping)]
+    tables = [(k, v) for k, v in data.items() if isinstance(v, Mapping)]
+    lines = [f"{k} = {_toml_value(v)}" for k, v in scalars]
+    for key, table in tables:
+        lines.append("")
+        lines.append(f"[{key}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
+    return "\n".join(lines) + "\n"

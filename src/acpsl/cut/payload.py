@@ -1,0 +1,197 @@
+"""Wire format of everything that crosses the cut.
+
+A payload is ``header + body``. The header makes it self-describing:
+
+====== ====== ==============================================================
+offset bytes  field
+====== ====== ==============================================================
+0      2      magic ``b"SL"``
+2      1      format version (:data:`VERSION`)
+3      1      scheme wire id (each scheme class has its own, see ``Scheme.wire_id``)
+4      1      kind: :data:`KIND_FORWARD`, :data:`KIND_GRAD` or :data:`KIND_LABELS`
+5      1      ndim of the tensor the payload rebuilds
+6      4*ndim shape, little-endian uint32 per dimension
+====== ====== ==============================================================
+
+so the header of a ``[B, N, H, W]`` tensor is ``6 + 16 = 22`` bytes. The body layout is the
+scheme's own; every decoder reads it through :class:`PayloadReader`, which raises
+:class:`~acpsl.errors.PayloadError` on truncation and on trailing bytes, so a decoder
+cannot silently accept a malformed payload.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from acpsl.errors import PayloadError
+
+MAGIC = b"SL"
+VERSION = 1
+KIND_FORWARD = 0
+KIND_GRAD = 1
+KIND_LABELS = 2
+KIND_NAMES = {KIND_FORWARD: "forward", KIND_GRAD: "gradient", KIND_LABELS: "labels"}
+#: Bytes of the header before the shape.
+HEADER_FIXED = 6
+#: Largest ndim a payload may declare (keeps a corrupt header from asking for huge shapes).
+MAX_NDIM = 8
+#: Largest number of elements a payload may declare (2**31 - 1: far above any cut tensor).
+MAX_NUMEL = 2**31 - 1
+
+
+def header_size(ndim: int) -> int:
+    """Bytes of the header of a payload for a tensor of ``ndim`` dimensions."""
+    return HEADER_FIXED + 4 * ndim
+
+
+def encode_header(*, scheme_id: int, kind: int, shape: Sequence[int]) -> bytes:
+    """Header bytes for a payload of ``kind`` produced by scheme ``scheme_id``."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) > MAX_NDIM:
+        raise ValueError(f"tensor has {len(shape)} dimensions; payloads allow at most {MAX_NDIM}")
+    return MAGIC + struct.pack(f"<BBBB{len(shape)}I", VERSION, scheme_id, kind, len(shape), *shape)
+
+
+class PayloadReader:
+    """A cursor over payload bytes that validates as it reads.
+
+    Every read that would pass the end raises :class:`PayloadError`, and :meth:`finish`
+    raises if bytes are left over, so both truncated and oversized payloads are rejected.
+
+    Args:
+        data: the payload.
+        what: a short name of the payload used in error messages (e.g. "topk forward payload").
+    """
+
+    def __init__(self, data: bytes, *, what: str) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise PayloadError(f"{what}: expected bytes, got {type(data).__name__}")
+        self.data = memoryview(bytes(data))
+        self.what = what
+        self.pos = 0
+
+    @property
+    def remaining(self) -> int:
+        """Bytes not read yet."""
+        return len(self.data) - self.pos
+
+    def take(self, n: int) -> memoryview:
+        """The next ``n`` bytes."""
+        if n < 0 or self.pos + n > len(self.data):
+            raise PayloadError(
+                f"{self.what} is truncated: needs {n} more bytes at offset {self.pos}, "
+                f"has {self.remaining}"
+            )
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        """One unsigned byte."""
+        return int(self.take(1)[0])
+
+    def u16(self) -> int:
+        """A little-endian uint16."""
+        return int(struct.unpack("<H", self.take(2))[0])
+
+    def u32(self) -> int:
+        """A little-endian uint32."""
+        return int(struct.unpack("<I", self.take(4))[0])
+
+    def f32(self) -> float:
+        """One little-endian float32 as a Python float."""
+        return float(struct.unpack("<f", self.take(4))[0])
+
+    def float32(self, count: int) -> torch.Tensor:
+        """``count`` little-endian float32 values as a 1-D tensor (a copy, writable)."""
+        raw = self.take(4 * count)
+        return torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=True))
+
+    def array(self, count: int, dtype: str) -> np.ndarray:
+        """``count`` values of NumPy ``dtype`` (e.g. ``"<u2"``), copied."""
+        itemsize = np.dtype(dtype).itemsize
+        return np.frombuffer(self.take(itemsize * count), dtype=dtype).copy()
+
+    def finish(self) -> None:
+        """Assert that every byte was read."""
+        if self.remaining:
+            raise PayloadError(
+                f"{self.what} has {self.remaining} unexpected trailing bytes "
+                f"(read {self.pos} of {len(self.data)})"
+            )
+
+
+def decode_header(
+    reader: PayloadReader, *, scheme_id: int, kind: int, ndim: int | None = None
+) -> tuple[int, ...]:
+    """Read and validate a header; returns the shape it declares.
+
+    Args:
+        reader: positioned at the start of the payload.
+        scheme_id: the wire id the payload must carry.
+        kind: the kind the payload must carry.
+        ndim: if given, the number of dimensions the shape must have.
+
+    Raises:
+        PayloadError: wrong magic, version, scheme, kind, or an implausible shape.
+    """
+    what = reader.what
+    magic = bytes(reader.take(2))
+    if magic != MAGIC:
+        raise PayloadError(f"{what}: bad magic {magic!r} (expected {MAGIC!r}); not an acpsl payload")
+    version = reader.u8()
+    if version != VERSION:
+        raise PayloadError(f"{what}: format version {version}, this acpsl reads version {VERSION}")
+    got_scheme = reader.u8()
+    if got_scheme != scheme_id:
+        raise PayloadError(
+            f"{what}: payload was made by scheme id {got_scheme}, decoder is scheme id {scheme_id}"
+        )
+    got_kind = reader.u8()
+    if got_kind != kind:
+        raise PayloadError(
+            f"{what}: payload kind is {KIND_NAMES.get(got_kind, got_kind)!r}, "
+            f"expected {KIND_NAMES.get(kind, kind)!r}"
+        )
+    got_ndim = reader.u8()
+    if got_ndim > MAX_NDIM or (ndim is not None and got_ndim != ndim):
+        expected = f"{ndim}" if ndim is not None else f"at most {MAX_NDIM}"
+        raise PayloadError(f"{what}: declares {got_ndim} dimensions, expected {expected}")
+    shape = tuple(int(v) for v in struct.unpack(f"<{got_ndim}I", reader.take(4 * got_ndim)))
+    numel = 1
+    for s in shape:
+        numel *= s
+    if numel > MAX_NUMEL:
+        raise PayloadError(f"{what}: declared shape {shape} is implausibly large")
+    return shape
+
+
+def float32_bytes(values: torch.Tensor) -> bytes:
+    """Raw little-endian float32 bytes of ``values`` (any shape, flattened in C order)."""
+    arr = values.detach().to("cpu", torch.float32).contiguous().numpy()
+    return arr.astype("<f4", copy=False).tobytes()
+
+
+def pack_bits(mask: torch.Tensor) -> bytes:
+    """Pack a boolean tensor (flattened) into ``ceil(n / 8)`` bytes, least-significant bit first."""
+    flat = mask.detach().to("cpu").reshape(-1).numpy().astype(bool)
+    return np.packbits(flat, bitorder="little").tobytes()
+
+
+def unpack_bits(data: bytes | memoryview, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``n`` bits as a boolean tensor.
+
+    Raises:
+        PayloadError: if ``data`` is not exactly ``ceil(n / 8)`` bytes or a padding bit is set.
+    """
+    nbytes = (n + 7) // 8
+    if len(data) != nbytes:
+        raise PayloadError(f"bit mask of {n} bits needs {nbytes} bytes, got {len(data)}")
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+    if bits[n:].any():
+        raise PayloadError("bit mask has padding bits set; payload is corrupt")
+    return torch.from_numpy(bits[:n].astype(bool))
