@@ -46,7 +46,8 @@ class TrainConfig:
         subset: use only the first N training samples (``None``: all).
         test_subset: evaluate on only the first N test samples (``None``: all).
         model: split model name (see ``acpsl.models.names()``).
-        cut: number of the model's top-level children on the client (ResNet-18: 4).
+        cut: number of the model's top-level children on the client; ``None`` = the model's
+            own default (ResNet-18: 4, the paper's split; ResNet-20: its last layer).
         stem: ``imagenet`` (7x7 conv + max-pool, torchvision's) or ``cifar`` (3x3, no pool).
         clients: number of clients.
         mode: ``sequential`` (vanilla SL, client model relayed) or ``splitfed`` (averaged).
@@ -73,7 +74,7 @@ class TrainConfig:
     subset: int | None = None
     test_subset: int | None = None
     model: str = "resnet18"
-    cut: int = 4
+    cut: int | None = None
     stem: str = "imagenet"
     clients: int = 5
     mode: str = "sequential"
@@ -112,7 +113,9 @@ class TrainConfig:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise bad(name, value, "must be a positive integer (or omitted for all samples)")
-        if not isinstance(self.cut, int) or self.cut < 1:
+        if self.cut is not None and (
+            isinstance(self.cut, bool) or not isinstance(self.cut, int) or self.cut < 1
+        ):
             raise bad("cut", self.cut, "must be a positive number of client-side layers")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise bad("lr", self.lr, "the learning rate must be a positive number")

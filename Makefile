@@ -1,0 +1,32 @@
+# Each target sets itself up: a virtual environment in .venv with acpsl and its extras.
+# TORCH pins the CPU wheel this project is built and tested with; override it elsewhere,
+# e.g. `make test TORCH=torch` on a machine with a CUDA build you want.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev,digits,net]'
+	touch $@
+
+demo: $(BIN)/.installed  ## the main job: a short real split-learning run, no download
+	$(BIN)/acpsl demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint  ## lint, types, and the whole test suite (CPU, minutes)
+	$(BIN)/pytest -q
+
+bench: $(BIN)/.installed  ## benchmarks: each prints ratios measured in one run
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
