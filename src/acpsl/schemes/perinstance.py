@@ -1,0 +1,86 @@
+"""Helpers shared by the per-instance baselines (RandTopk paper, section 3).
+
+Per-instance schemes see each sample's smashed data as one flattened vector of ``d`` values:
+a batch ``[B, ...]`` becomes ``[B, d]`` and is rebuilt to ``[B, ...]`` after decoding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from acpsl.cut.payload import PayloadReader, decode_header
+from acpsl.errors import ConfigError, PayloadError, TrainingError
+
+
+def flatten_batch(x: torch.Tensor, *, scheme: str) -> torch.Tensor:
+    """``x`` as a contiguous float32 CPU tensor ``[B, d]``, checked to be finite.
+
+    Raises:
+        ConfigError: ``x`` is not a batch of at least one non-empty sample.
+        TrainingError: ``x`` holds NaN or infinity (a diverged client model).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError(f"{scheme}: expected a tensor, got {type(x).__name__}")
+    if x.dim() < 2 or x.shape[0] < 1 or x[0].numel() < 1:
+        raise ConfigError(
+            f"{scheme}: expected a batch [B, ...] of at least one non-empty sample, "
+            f"got shape {tuple(x.shape)}"
+        )
+    flat = x.detach().to("cpu", torch.float32).reshape(x.shape[0], -1).contiguous()
+    # One cheap reduction first: a finite sum means every value is finite; only an overflowing
+    # or non-finite sum needs the full elementwise check.
+    if not math.isfinite(float(flat.sum())) and not bool(torch.isfinite(flat).all()):
+        raise TrainingError(
+            f"{scheme}: the smashed data holds NaN or infinite values; lower the learning "
+            "rate or check the client model"
+        )
+    return flat
+
+
+def check_keep(*, k: int | None, keep_ratio: float | None, scheme: str) -> None:
+    """Validate a ``k`` / ``keep_ratio`` pair (exactly one may be given).
+
+    Raises:
+        ConfigError: both given, ``k < 1``, or ``keep_ratio`` outside ``(0, 1]``.
+    """
+    if k is not None and keep_ratio is not None:
+        raise ConfigError(f"{scheme}: give either k or keep_ratio, not both")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ConfigError(f"{scheme}: k must be a positive integer, got {k!r}")
+    if keep_ratio is not None and not (
+        isinstance(keep_ratio, (int, float)) and math.isfinite(keep_ratio) and 0 < keep_ratio <= 1
+    ):
+        raise ConfigError(f"{scheme}: keep_ratio must be in (0, 1], got {keep_ratio!r}")
+
+
+def resolve_k(*, k: int | None, keep_ratio: float | None, d: int, scheme: str) -> int:
+    """Values kept per sample: ``k``, or ``round(keep_ratio * d)`` (at least 1).
+
+    Raises:
+        ConfigError: ``k`` exceeds the ``d`` values of a sample.
+    """
+    if k is None:
+        ratio = 0.1 if keep_ratio is None else keep_ratio
+        return max(1, min(d, round(ratio * d)))
+    if k > d:
+        raise ConfigError(
+            f"{scheme}: k={k} exceeds the {d} values per sample of this cut; choose k <= {d} "
+            "or a keep_ratio"
+        )
+    return k
+
+
+def read_batch_header(
+    reader: PayloadReader, *, scheme_id: int, kind: int
+) -> tuple[tuple[int, ...], int, int]:
+    """Read a header and split its shape into ``(shape, B, d)`` for a per-instance payload.
+
+    Raises:
+        PayloadError: the shape is not a batch of at least one non-empty sample.
+    """
+    shape = decode_header(reader, scheme_id=scheme_id, kind=kind)
+    if len(shape) < 2 or shape[0] < 1 or math.prod(shape[1:]) < 1:
+        raise PayloadError(f"{reader.what}: shape {shape} is not a batch of non-empty samples")
+    return shape, shape[0], math.prod(shape[1:])
