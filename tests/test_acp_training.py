@@ -1,0 +1,75 @@
+"""ACP-SL through the engine on real MNIST: the paper's ResNet-18 split, 5 clients, IID and
+Dirichlet(0.5). It learns, and its uplink is ``(1 − mean pruning ratio)`` of standard SL's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from acpsl.config import TrainConfig
+from acpsl.engine import train
+
+pytestmark = pytest.mark.slow
+
+SUBSET = 1280  # 256 samples per client, 4 batches of 64 each round when IID
+BATCH = 64
+# ResNet-18 (ImageNet stem) on 28x28: client output [B, 64, 7, 7]
+CHANNELS, MAP = 64, 7 * 7
+HEADER = 22
+
+
+def run(tmp_path: Path, data: Path, partition: str) -> list[dict]:
+    config = TrainConfig(
+        scheme="acp",
+        dataset="mnist",
+        data_dir=str(data),
+        subset=SUBSET,
+        test_subset=500,
+        model="resnet18",
+        cut=4,
+        stem="imagenet",
+        clients=5,
+        rounds=2,
+        batch_size=BATCH,
+        lr=0.01,
+        partition=partition,
+        beta=0.5,
+        seed=0,
+        device="cpu",
+        progress=False,
+    )
+    out = tmp_path / partition
+    train(config, out_dir=out)
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("partition", "min_acc"), [("iid", 0.4), ("dirichlet", 0.25)])
+def test_acp_learns_and_sends_the_kept_fraction(tmp_path, shared_data, partition, min_acc):
+    records = run(tmp_path, shared_data, partition)
+    assert [r["round"] for r in records] == [1, 2]
+    first, last = records
+    # it learns: far above chance (10%) and the training loss falls
+    assert last["test_acc"] >= min_acc
+    assert last["train_loss"] < first["train_loss"]
+    previous_iteration = 0
+    for r in records:
+        iterations = r["iteration"] - previous_iteration
+        previous_iteration = r["iteration"]
+        # ratios stay in the paper's bounds (after rounding to whole channels)
+        assert 38 / 64 <= r["ratio_min"] <= r["ratio_mean"] <= r["ratio_max"] <= 51 / 64
+        # standard SL sends every value of every sample: 4 bytes x 64 x 7 x 7 per sample
+        standard = iterations * HEADER + 4 * CHANNELS * MAP * SUBSET
+        assert r["bytes_up"] / standard == pytest.approx(1 - r["ratio_mean"], rel=0.01)
+        # real bytes = the paper's size + per iteration the header and the mask's byte rounding
+        overhead = HEADER + math.ceil(CHANNELS / 8) - CHANNELS / 8
+        assert r["bytes_up"] == pytest.approx(r["table2_bytes_up"] + iterations * overhead)
+        assert len(r["kept_counts"]) == CHANNELS
+    if partition == "iid":  # every batch has 64 samples: the cumulative bytes are exact
+        kept_channel_iterations = sum(last["kept_counts"])
+        per_iteration = HEADER + math.ceil(CHANNELS / 8)
+        expected = last["iteration"] * per_iteration + 4 * BATCH * MAP * kept_channel_iterations
+        assert last["bytes_up_total"] == expected
