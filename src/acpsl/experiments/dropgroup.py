@@ -1,0 +1,185 @@
+"""``dropgroup``: the channel-group ablation of ACP-SL Fig. 2, as a cut scheme.
+
+Fig. 2 of the ACP-SL paper trains ResNet-18 on MNIST while one fixed group of the cut
+layer's channels is dropped, and compares the training losses: the groups matter unequally,
+and their importance changes over the rounds. This scheme reproduces that experiment through
+the same cut as every other scheme: the channels are split into ``groups`` contiguous groups
+of (almost) equal size (``numpy.array_split`` sizes), the group ``drop`` is zeroed on the
+server side, and only the other channels' values cross the cut — in both directions, since
+the client knows which group is dropped (it is a fixed part of the experiment, like the
+channel mask of ACP-SL that is not resent on the downlink).
+
+Payload body (after the common header, see :mod:`acpsl.cut.payload`): ``u16 groups``,
+``u16 drop``, then the kept channels' values as float32, ``[B, kept channels, ...]`` in C
+order. The gradient payload carries the same two fields and the kept channels' gradients.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+import torch
+
+from acpsl.cut.payload import (
+    KIND_FORWARD,
+    KIND_GRAD,
+    PayloadReader,
+    decode_header,
+    encode_header,
+    float32_bytes,
+)
+from acpsl.errors import ConfigError, PayloadError
+from acpsl.schemes.base import Scheme
+from acpsl.schemes.registry import SCHEMES, register
+
+#: Wire id of the scheme (20: outside the range the built-in schemes use).
+DROPGROUP_WIRE_ID = 20
+
+
+def group_bounds(channels: int, groups: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each of ``groups`` contiguous channel groups.
+
+    Sizes follow ``numpy.array_split``: the first ``channels % groups`` groups have one
+    channel more than the rest, so 64 channels in 3 groups are 22, 21 and 21 channels.
+    """
+    sizes = [len(part) for part in np.array_split(np.arange(channels), groups)]
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+def kept_channel_mask(channels: int, *, groups: int, drop: int) -> torch.Tensor:
+    """Boolean ``[channels]`` mask: ``True`` for channels outside the dropped group."""
+    start, stop = group_bounds(channels, groups)[drop]
+    mask = torch.ones(channels, dtype=torch.bool)
+    mask[start:stop] = False
+    return mask
+
+
+class DropGroupScheme(Scheme):
+    """Zero one fixed group of cut-layer channels (ACP-SL Fig. 2's channel-group ablation).
+
+    Args:
+        groups: number of contiguous channel groups the ``N`` channels are split into.
+        drop: index (0-based) of the group that is dropped, in ``[0, groups)``.
+    """
+
+    name = "dropgroup"
+    wire_id = DROPGROUP_WIRE_ID
+
+    def __init__(self, *, groups: int = 4, drop: int = 0) -> None:
+        super().__init__()
+        if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= 65535:
+            raise ConfigError(f"dropgroup: groups={groups!r} must be an integer in [1, 65535]")
+        if isinstance(drop, bool) or not isinstance(drop, int) or not 0 <= drop < groups:
+            raise ConfigError(
+                f"dropgroup: drop={drop!r} must be a group index in [0, {groups}); "
+                "use the standard scheme for the run that drops nothing"
+            )
+        self.groups = groups
+        self.drop = drop
+        # What the downlink needs, per side (the Scheme state rule).
+        self._client_shape: tuple[int, ...] | None = None
+        self._server_shape: tuple[int, ...] | None = None
+
+    # ------------------------------------------------------------------------- helpers
+    def _mask(self, channels: int) -> torch.Tensor:
+        return kept_channel_mask(channels, groups=self.groups, drop=self.drop)
+
+    def _encode(self, x: torch.Tensor, *, kind: int) -> bytes:
+        if x.dim() < 2:
+            raise ValueError(
+                f"dropgroup needs a batch [B, N, ...] with a channel dimension, got "
+                f"{tuple(x.shape)}"
+            )
+        kept = x[:, self._mask(x.shape[1]).to(x.device)]
+        header = encode_header(scheme_id=self.wire_id, kind=kind, shape=x.shape)
+        return header + struct.pack("<HH", self.groups, self.drop) + float32_bytes(kept)
+
+    def _decode(self, data: bytes, *, kind: int, what: str) -> torch.Tensor:
+        reader = PayloadReader(data, what=what)
+        shape = decode_header(reader, scheme_id=self.wire_id, kind=kind)
+        if len(shape) < 2:
+            raise PayloadError(f"{what}: declares shape {shape}, needs [B, N, ...]")
+        groups, drop = reader.u16(), reader.u16()
+        if (groups, drop) != (self.groups, self.drop):
+            raise PayloadError(
+                f"{what}: made with groups={groups}, drop={drop}; this decoder has "
+                f"groups={self.groups}, drop={self.drop}"
+            )
+        mask = self._mask(shape[1])
+        kept_shape = (shape[0], int(mask.sum()), *shape[2:])
+        numel = 1
+        for s in kept_shape:
+            numel *= s
+        values = reader.float32(numel).reshape(kept_shape)
+        reader.finish()
+        out = torch.zeros(shape, dtype=torch.float32)
+        out[:, mask] = values
+        return out
+
+    # ---------------------------------------------------------------------------- the cut
+    def compress(
+        self, x: torch.Tensor, *, labels: torch.Tensor | None = None, training: bool = True
+    ) -> bytes:
+        data = self._encode(x, kind=KIND_FORWARD)
+        self._client_shape = tuple(x.shape)
+        channels = x.shape[1]
+        kept = int(self._mask(channels).sum())
+        per_channel = x[0, 0].numel()
+        self._stats = {
+            "ratio": 1.0 - kept / channels,
+            "kept": float(kept * per_channel),
+            "table2_bytes": 4.0 * x.shape[0] * kept * per_channel,
+        }
+        return data
+
+    def decompress(self, data: bytes) -> torch.Tensor:
+        out = self._decode(data, kind=KIND_FORWARD, what="dropgroup forward payload")
+        self._server_shape = tuple(out.shape)
+        return out
+
+    def compress_grad(self, g: torch.Tensor) -> bytes:
+        if self._server_shape is not None and tuple(g.shape) != self._server_shape:
+            raise ValueError(
+                f"dropgroup: gradient shape {tuple(g.shape)} differs from the last uplink's "
+                f"{self._server_shape}"
+            )
+        return self._encode(g, kind=KIND_GRAD)
+
+    def decompress_grad(self, data: bytes) -> torch.Tensor:
+        out = self._decode(data, kind=KIND_GRAD, what="dropgroup gradient payload")
+        if self._client_shape is not None and tuple(out.shape) != self._client_shape:
+            raise PayloadError(
+                f"dropgroup gradient payload has shape {tuple(out.shape)}, the last uplink "
+                f"had {self._client_shape}"
+            )
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"groups": self.groups, "drop": self.drop}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state.get("groups"), state.get("drop")) != (self.groups, self.drop):
+            raise ConfigError(
+                f"dropgroup state is for groups={state.get('groups')}, drop={state.get('drop')}; "
+                f"this scheme has groups={self.groups}, drop={self.drop}"
+            )
+
+
+def ensure_registered() -> None:
+    """Register ``dropgroup`` in the scheme registry (idempotent).
+
+    Importing :mod:`acpsl.experiments` calls it, so worker processes that import the
+    experiments package can build the scheme by name.
+    """
+    if DropGroupScheme.name not in SCHEMES:
+        register(DropGroupScheme.name)(DropGroupScheme)
+
+
+ensure_registered()

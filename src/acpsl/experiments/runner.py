@@ -1,0 +1,89 @@
+"""One run of a grid: resolve its matched size, then train, resume, or skip it.
+
+This is the unit of work of ``acpsl compare``, the same whether it runs in the calling
+process, in a local worker process (:mod:`acpsl.experiments.worker`) or as a Ray task: it
+takes a JSON-friendly plan and the grid's root, and leaves the same files behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from acpsl.engine.records import read_records
+from acpsl.engine.records import write_atomic as _write_atomic
+from acpsl.experiments.presets import RunPlan
+from acpsl.experiments.runs import RECORDS_FILE, RUN_FILE, SUMMARY_FILE
+
+Log = Callable[[str], None]
+
+
+def run_dir(root: str | Path, plan: RunPlan) -> Path:
+    """Where ``plan``'s run lives below the grid's ``root``."""
+    return Path(root) / plan.key
+
+
+def is_finished(path: Path, *, rounds: int) -> bool:
+    """A run is finished when its summary is written and every round has a record."""
+    if not (path / SUMMARY_FILE).exists():
+        return False
+    return len(read_records(path / RECORDS_FILE)) >= rounds
+
+
+def run_plan(
+    plan_data: Mapping[str, Any], *, root: str | Path, log: Log | None = None
+) -> dict[str, Any]:
+    """Train one run of a grid, resuming it if it was interrupted, skipping it if finished.
+
+    Args:
+        plan_data: :meth:`RunPlan.to_dict` of the run.
+        root: the grid's directory; the run goes to ``root/<panel>/<label>/seed<k>``.
+        log: where the engine's progress lines go (``None``: silent).
+
+    Returns:
+        ``{"key", "status": "skipped" | "done", "final_acc", "rounds"}``.
+
+    Raises:
+        AcpslError: whatever the engine raises (bad configuration, missing data, a
+            checkpoint that does not match the plan, a diverging loss).
+    """
+    import acpsl.experiments  # noqa: F401  (registers the dropgroup scheme in this process)
+    from acpsl.engine import train
+    from acpsl.experiments.matching import resolve_match
+
+    plan = RunPlan.from_dict(plan_data)
+    out = run_dir(root, plan)
+    if is_finished(out, rounds=plan.config.rounds):
+        records = read_records(out / RECORDS_FILE)
+        return {
+            "key": plan.key,
+            "status": "skipped",
+            "final_acc": records[-1]["test_acc"],
+            "rounds": len(records),
+        }
+    config = plan.config
+    if plan.match_fraction is not None or plan.match_acp is not None:
+        config = resolve_match(config, fraction=plan.match_fraction, acp_params=plan.match_acp)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "panel": plan.panel,
+        "panel_title": plan.panel_title,
+        "label": plan.label,
+        "seed": plan.seed,
+        "scheme": config.scheme,
+        "scheme_params": dict(config.scheme_params),
+        "match_fraction": plan.match_fraction,
+        "match_acp": None if plan.match_acp is None else dict(plan.match_acp),
+    }
+    _write_atomic(out / RUN_FILE, json.dumps(meta, indent=1).encode("utf-8"))
+    # With no checkpoint yet, resume=True starts from round 1 (and clears a stray record
+    # file left by a run killed before its first checkpoint).
+    summary = train(config, out_dir=out, resume=True, log=log)
+    return {
+        "key": plan.key,
+        "status": "done",
+        "final_acc": summary.final_acc,
+        "rounds": len(summary.records),
+    }

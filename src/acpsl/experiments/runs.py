@@ -1,0 +1,139 @@
+"""Finding and reading the runs of a grid directory (what ``acpsl report`` works on).
+
+A grid made by ``acpsl compare`` looks like::
+
+    DIR/compare.json                   # the grid: preset, scale, targets, every run's plan
+    DIR/<panel>/<label>/seed<k>/       # one run directory per run (acpsl.engine.train's)
+        run.json                       # panel, label, seed, scheme of this run
+        config.toml  records.jsonl  summary.json  checkpoint.pt  ...
+
+Any directory tree holding ``records.jsonl`` files can be reported, though: a run without
+``run.json`` is labelled by its scheme, and its panel is the folder above it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from acpsl.config import read_toml
+from acpsl.errors import CheckpointError
+
+#: File names of a grid and of its runs.
+GRID_FILE = "compare.json"
+RUN_FILE = "run.json"
+RECORDS_FILE = "records.jsonl"
+CONFIG_FILE = "config.toml"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class RunData:
+    """One run's identity and records.
+
+    Attributes:
+        path: the run directory.
+        panel: panel name; ``panel_title`` its human-readable title.
+        label: curve label (the scheme name when the run has no ``run.json``).
+        scheme: the scheme the run used.
+        seed: the run's seed.
+        config: the resolved configuration (``config.toml``) as a dict.
+        records: the round records, in order.
+    """
+
+    path: Path
+    panel: str
+    panel_title: str
+    label: str
+    scheme: str
+    seed: int
+    config: Mapping[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def finished(self) -> bool:
+        """Whether every configured round has a record."""
+        return len(self.records) >= int(self.config.get("rounds", 0)) > 0
+
+
+def read_grid(root: Path) -> dict[str, Any]:
+    """``compare.json`` of a grid, or ``{}`` when the directory has none."""
+    path = root / GRID_FILE
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); rerun acpsl compare") from None
+
+
+def load_run(path: Path, *, root: Path) -> RunData:
+    """Read one run directory.
+
+    Raises:
+        CheckpointError: the directory has no records, or its files are corrupt.
+    """
+    from acpsl.engine.records import read_records
+
+    config: dict[str, Any] = {}
+    if (path / CONFIG_FILE).exists():
+        config = read_toml(path / CONFIG_FILE)
+    meta: dict[str, Any] = {}
+    if (path / RUN_FILE).exists():
+        try:
+            meta = dict(json.loads((path / RUN_FILE).read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path / RUN_FILE} is not valid JSON ({exc})") from None
+    records = read_records(path / RECORDS_FILE)
+    rounds = [int(r.get("round", -1)) for r in records]
+    if rounds != list(range(1, len(records) + 1)):
+        raise CheckpointError(
+            f"{path / RECORDS_FILE} holds rounds {rounds}: a gap or a duplicate; the run "
+            "directory is inconsistent"
+        )
+    scheme = str(meta.get("scheme", config.get("scheme", "?")))
+    rel = path.relative_to(root).parts if path != root else ()
+    default_panel = rel[0] if len(rel) >= 3 else (str(config.get("dataset", "runs")))
+    panel = str(meta.get("panel", default_panel))
+    return RunData(
+        path=path,
+        panel=panel,
+        panel_title=str(meta.get("panel_title") or panel),
+        label=str(meta.get("label", scheme)),
+        scheme=scheme,
+        seed=int(meta.get("seed", config.get("seed", 0))),
+        config=config,
+        records=records,
+    )
+
+
+def discover(root: str | Path) -> list[RunData]:
+    """Every run under ``root`` that finished at least one round.
+
+    Runs are ordered as ``compare.json`` lists them (panels, then labels, then seeds, as
+    the preset declares them); runs it does not list come after, by path.
+
+    Raises:
+        CheckpointError: ``root`` does not exist or holds no run with records.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise CheckpointError(f"{base} is not a directory; pass the --out of acpsl compare")
+    order = [str(p.get("key")) for p in read_grid(base).get("runs", [])]
+    found = []
+    for records_path in sorted(base.rglob(RECORDS_FILE)):
+        run = load_run(records_path.parent, root=base)
+        if run.records:
+            found.append(run)
+    if not found:
+        raise CheckpointError(f"{base} holds no run with a finished round ({RECORDS_FILE})")
+    position = {key: i for i, key in enumerate(order)}
+
+    def sort_key(run: RunData) -> tuple[int, str]:
+        key = run.path.relative_to(base).as_posix()
+        return (position.get(key, len(position)), key)
+
+    return sorted(found, key=sort_key)

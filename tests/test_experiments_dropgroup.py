@@ -1,0 +1,105 @@
+"""The dropgroup scheme (ACP-SL Fig. 2's channel-group ablation): exact bytes, round trips,
+malformed payloads, and group boundaries against a naive reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import acpsl.experiments  # noqa: F401  (registers dropgroup)
+from acpsl import schemes
+from acpsl.errors import ConfigError, PayloadError
+from acpsl.experiments.dropgroup import DROPGROUP_WIRE_ID, group_bounds, kept_channel_mask
+
+
+def _naive_bounds(channels: int, groups: int) -> list[tuple[int, int]]:
+    base, extra = divmod(channels, groups)
+    out, start = [], 0
+    for g in range(groups):
+        size = base + (1 if g < extra else 0)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+@pytest.mark.parametrize("channels,groups", [(64, 4), (64, 3), (10, 4), (3, 4), (1, 1), (7, 7)])
+def test_group_bounds_match_naive_split(channels: int, groups: int) -> None:
+    bounds = group_bounds(channels, groups)
+    assert bounds == _naive_bounds(channels, groups)
+    assert bounds[0][0] == 0 and bounds[-1][1] == channels
+
+
+def test_registered_with_wire_id_20() -> None:
+    assert "dropgroup" in schemes.names()
+    scheme = schemes.create("dropgroup", groups=4, drop=2)
+    assert scheme.wire_id == DROPGROUP_WIRE_ID == 20
+
+
+@pytest.mark.parametrize("drop", [0, 1, 2, 3])
+def test_round_trip_zeroes_exactly_the_dropped_group(drop: int) -> None:
+    gen = torch.Generator().manual_seed(drop)
+    x = torch.randn(5, 64, 7, 7, generator=gen)
+    client = schemes.create("dropgroup", groups=4, drop=drop)
+    server = schemes.create("dropgroup", groups=4, drop=drop)
+    data = client.compress(x)
+    # header (6 + 4 * 4) + u16 groups + u16 drop + 48 kept channels of 7x7 float32
+    assert len(data) == 22 + 4 + 4 * 5 * 48 * 49
+    rebuilt = server.decompress(data)
+    expected = x.clone()
+    expected[:, 16 * drop : 16 * (drop + 1)] = 0
+    assert torch.equal(rebuilt, expected)
+    stats = client.stats()
+    assert stats["ratio"] == pytest.approx(0.25)
+    assert stats["kept"] == 48 * 49
+
+    g = torch.randn(5, 64, 7, 7, generator=gen)
+    grad_data = server.compress_grad(g)
+    assert len(grad_data) == len(data)
+    g_back = client.decompress_grad(grad_data)
+    g_expected = g.clone()
+    g_expected[:, 16 * drop : 16 * (drop + 1)] = 0
+    assert torch.equal(g_back, g_expected)
+
+
+def test_uneven_groups_mask() -> None:
+    mask = kept_channel_mask(10, groups=4, drop=1)  # sizes 3, 3, 2, 2
+    assert mask.tolist() == [True] * 3 + [False] * 3 + [True] * 4
+
+
+def test_malformed_payloads_raise_payload_error() -> None:
+    x = torch.randn(2, 8, 3, 3)
+    scheme = schemes.create("dropgroup", groups=4, drop=0)
+    data = scheme.compress(x)
+    with pytest.raises(PayloadError):
+        scheme.decompress(data[:-1])
+    with pytest.raises(PayloadError):
+        scheme.decompress(data + b"\x00")
+    with pytest.raises(PayloadError):
+        schemes.create("dropgroup", groups=4, drop=1).decompress(data)
+    with pytest.raises(PayloadError):
+        schemes.create("standard").decompress(data)
+    with pytest.raises(PayloadError):
+        scheme.decompress(b"not a payload")
+
+
+def test_gradient_of_another_shape_is_rejected() -> None:
+    client = schemes.create("dropgroup", groups=2, drop=0)
+    client.compress(torch.randn(2, 4, 3, 3))
+    other = schemes.create("dropgroup", groups=2, drop=0)
+    wrong = other.compress_grad(torch.randn(3, 4, 3, 3))
+    with pytest.raises(PayloadError):
+        client.decompress_grad(wrong)
+
+
+@pytest.mark.parametrize("params", [{"groups": 0}, {"groups": 4, "drop": 4}, {"drop": -1}])
+def test_bad_parameters_are_config_errors(params: dict) -> None:
+    with pytest.raises(ConfigError):
+        schemes.create("dropgroup", **params)
+
+
+def test_state_round_trip_and_mismatch() -> None:
+    scheme = schemes.create("dropgroup", groups=4, drop=3)
+    state = scheme.state_dict()
+    schemes.create("dropgroup", groups=4, drop=3).load_state_dict(state)
+    with pytest.raises(ConfigError):
+        schemes.create("dropgroup", groups=4, drop=2).load_state_dict(state)
