@@ -142,7 +142,9 @@ def decode_header(
     what = reader.what
     magic = bytes(reader.take(2))
     if magic != MAGIC:
-        raise PayloadError(f"{what}: bad magic {magic!r} (expected {MAGIC!r}); not an acpsl payload")
+        raise PayloadError(
+            f"{what}: bad magic {magic!r} (expected {MAGIC!r}); not an acpsl payload"
+        )
     version = reader.u8()
     if version != VERSION:
         raise PayloadError(f"{what}: format version {version}, this acpsl reads version {VERSION}")

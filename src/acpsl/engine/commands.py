@@ -1,0 +1,83 @@
+"""The engine's subcommands of the ``acpsl`` command line: ``train`` and ``demo``.
+
+A plug-in of :mod:`acpsl.cli` (see its docstring for the protocol).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from acpsl.engine.cli_args import add_train_arguments, config_from_args
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``acpsl train`` and ``acpsl demo`` to the ``acpsl`` parser."""
+    train = subparsers.add_parser(
+        "train",
+        help="train one split-learning run and record its accuracy and bytes",
+        description="Train one split-learning run. Writes OUT/config.toml, records.jsonl (one "
+        "line per round), checkpoint.pt, partition.json and summary.json.",
+    )
+    train.add_argument(
+        "--out",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="run directory (default: runs/<scheme>-<dataset>-seed<seed>)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last finished round (default: off)",
+    )
+    add_train_arguments(train)
+    train.set_defaults(func=run_train)
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="a short real comparison of standard SL, ACP-SL and RandTopk; no download",
+        description="Train ResNet-18 (CIFAR stem, cut after the stem) on scikit-learn's bundled "
+        "8x8 digits with 5 clients under standard SL, ACP-SL and RandTopk matched to ACP-SL's "
+        "uplink size, and print accuracy and bytes per scheme.",
+    )
+    demo.add_argument("--rounds", type=int, default=3, help="rounds per scheme (default: 3)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the runs (default: 0)")
+    demo.add_argument(
+        "--out",
+        default="runs/demo",
+        metavar="DIR",
+        help="folder of the runs, one subfolder per scheme; overwritten (default: runs/demo)",
+    )
+    demo.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    demo.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress bars (default: on)",
+    )
+    demo.set_defaults(func=run_demo)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``acpsl train``: build the configuration, train, print the summary."""
+    from acpsl.engine.loop import train
+
+    config = config_from_args(args)
+    out = getattr(args, "out", None) or f"runs/{config.scheme}-{config.dataset}-seed{config.seed}"
+    train(config, out_dir=out, resume=bool(args.resume))
+    print(f"records: {out}/records.jsonl")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``acpsl demo``: the README's main example."""
+    from acpsl.engine.demo import run_demo as demo
+
+    demo(
+        rounds=args.rounds,
+        seed=args.seed,
+        out_dir=args.out,
+        device=args.device,
+        progress=args.progress,
+    )
+    return 0

@@ -1,0 +1,407 @@
+"""The split-learning training loop: rounds of clients, records, checkpoints, resume.
+
+One round = every client, one at a time, passes once over its local data (seeded per-round
+shuffle, last partial batch kept); every iteration goes through the cut as bytes
+(:class:`~acpsl.engine.client.ClientRuntime`, :class:`~acpsl.engine.server.ServerRuntime`).
+After the round the test set is evaluated through the cut too, one record line is appended
+and a checkpoint is written.
+
+Modes (SPEC section 5):
+
+* ``sequential`` (vanilla SL): one client model is relayed from client to client. What is
+  relayed is the model *and its optimizer state* (momentum, Adam moments), so a run over IID
+  clients behaves like one model trained on all the data, as a user expects; the hand-off
+  bytes (``bytes_model``) count both. A hand-off happens whenever the next client to train is
+  not the one holding the model (also from the last client of a round to the first of the
+  next); the very first client builds the initial model itself from the run's seed.
+* ``splitfed``: every client starts the round from the same client model; after the round
+  each client uploads its model and downloads the data-size-weighted average (both counted
+  in ``bytes_model``). Each client's optimizer state stays on that client (it is local, like
+  a FedAvg client's) and is not sent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from acpsl import data as acpsl_data
+from acpsl.config import TrainConfig
+from acpsl.cut.labels import encode_labels
+from acpsl.engine.aggregate import splitfed_aggregate
+from acpsl.engine.checkpoint import check_resumable, load_checkpoint, save_checkpoint
+from acpsl.engine.records import (
+    RECORD_FIELDS,
+    UNCOMPRESSED_FIELDS,
+    RunSummary,
+    append_record,
+    clean_float,
+    read_records,
+    summarize,
+    truncate_records,
+    write_atomic,
+)
+from acpsl.engine.setup import (
+    Run,
+    build_run,
+    check_config,
+    histogram_table,
+    resolve_device,
+    shuffle_order,
+)
+from acpsl.errors import CheckpointError, TrainingError
+
+Log = Callable[[str], None]
+
+#: File names inside a run directory.
+RECORDS = "records.jsonl"
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.toml"
+PARTITION = "partition.json"
+SUMMARY = "summary.json"
+KEPT_CHANNELS = "kept_channels.json"
+
+_TOTALS = (
+    "bytes_up_total",
+    "bytes_down_total",
+    "bytes_labels_total",
+    "bytes_model_total",
+    "bytes_eval_total",
+)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    out_dir: str | Path,
+    resume: bool = False,
+    log: Log | None = print,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> RunSummary:
+    """Train a split-learning run and write its records (SPEC sections 5-7).
+
+    Writes ``out_dir/config.toml`` (the resolved configuration), ``partition.json`` (the
+    per-client label histogram), ``records.jsonl`` (one line per finished round),
+    ``checkpoint.pt`` (after every round), ``kept_channels.json`` (schemes that report
+    per-channel kept counts, i.e. ACP-SL) and, at the end, ``summary.json``.
+
+    Args:
+        config: the run's configuration.
+        out_dir: run directory (created if needed).
+        resume: continue from the checkpoint of the last finished round. With no checkpoint
+            in ``out_dir`` the run starts from round 1.
+        log: where progress lines and the summary table go (``None``: silent).
+        on_round: called with each round's record after its checkpoint is written.
+
+    Returns:
+        The :class:`RunSummary` of all rounds (including those before a resume).
+
+    Raises:
+        CheckpointError: ``out_dir`` already holds a run and ``resume`` is False, or the
+            checkpoint is corrupt or was made with a different configuration.
+        TrainingError: the loss became non-finite.
+        ConfigError, DataError: bad configuration or missing dataset files.
+    """
+    say: Log = log if log is not None else (lambda _msg: None)
+    check_config(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records_path, ckpt_path = out / RECORDS, out / CHECKPOINT
+
+    ckpt: dict[str, Any] | None = None
+    if resume:
+        if ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path)
+            check_resumable(ckpt["config"], config, finished=int(ckpt["round"]))
+        else:
+            say(f"no checkpoint in {out}: starting from round 1")
+    elif ckpt_path.exists() or read_records(records_path):
+        raise CheckpointError(
+            f"{out} already holds a run ({RECORDS}/{CHECKPOINT}); pass --resume to continue "
+            "it, or choose another --out"
+        )
+
+    device = resolve_device(config.device)
+    run = build_run(config, device=device)
+    write_atomic(out / CONFIG, config.to_toml().encode("utf-8"))
+    _write_partition(run, out / PARTITION, say)
+
+    totals = dict.fromkeys(_TOTALS, 0)
+    t, wall_before, start_round = 0, 0.0, 1
+    if ckpt is not None:
+        _restore(run, ckpt)
+        records = truncate_records(records_path, rounds=int(ckpt["round"]))
+        totals = {k: int(ckpt["totals"][k]) for k in _TOTALS}
+        t, wall_before = int(ckpt["iteration"]), float(ckpt["wall_s"])
+        start_round = int(ckpt["round"]) + 1
+        say(f"resuming {out} after round {ckpt['round']} (iteration {t})")
+    else:
+        write_atomic(records_path, b"")
+        records = []
+
+    say(
+        f"training {config.scheme} on {config.dataset} ({len(run.train_set)} train / "
+        f"{len(run.test_set)} test samples), {config.model} cut {config.cut}, "
+        f"{config.clients} clients ({config.mode}), {config.rounds} rounds, device {device}"
+    )
+    total_iters = run.total_iterations()
+    segment_start = time.perf_counter()
+    for r in range(start_round, config.rounds + 1):
+        round_start = time.perf_counter()
+        record, t = _train_round(run, round_index=r, t=t, total=total_iters)
+        record.update(_evaluate(run))
+        for key in ("up", "down", "labels", "model", "eval"):
+            totals[f"bytes_{key}_total"] += int(record[f"bytes_{key}"])
+        record.update(totals)
+        now = time.perf_counter()
+        record["round_s"] = now - round_start
+        record["wall_s"] = wall_before + (now - segment_start)
+        record = _ordered(record)
+        append_record(records_path, record)
+        kept = _kept_channels(run)
+        if kept is not None:
+            write_atomic(out / KEPT_CHANNELS, json.dumps({"round": r, **kept}).encode("utf-8"))
+        save_checkpoint(
+            ckpt_path,
+            _checkpoint_state(run, round_index=r, t=t, totals=totals, wall_s=record["wall_s"]),
+        )
+        records.append(record)
+        say(_round_line(record, config.rounds))
+        if on_round is not None:
+            on_round(record)
+
+    summary = summarize(records, out_dir=out, targets=config.target_acc)
+    write_atomic(out / SUMMARY, json.dumps(summary.to_dict(), indent=2).encode("utf-8"))
+    say("summary:\n" + summary.table())
+    return summary
+
+
+# ----------------------------------------------------------------------------- one round
+def _train_round(run: Run, *, round_index: int, t: int, total: int) -> tuple[dict[str, Any], int]:
+    """Every client passes once over its data; returns the round's partial record and ``t``."""
+    config, server = run.config, run.server
+    bytes_up = bytes_down = bytes_labels = bytes_model = 0
+    loss_sum, correct, seen = 0.0, 0, 0
+    ratios: list[float] = []
+    table2: float | None = None
+    bound: float | None = None
+    bar = tqdm(
+        total=sum(run.batches_per_client()),
+        desc=f"round {round_index}/{config.rounds}",
+        unit="it",
+        disable=not config.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    try:
+        for c, client in enumerate(run.clients):
+            if config.mode == "sequential":
+                if run.holder is not None and run.holder != c:
+                    handoff = run.clients[run.holder].export_state(with_optimizer=True)
+                    client.import_state(handoff)
+                    bytes_model += len(handoff)
+                run.holder = c
+            order = run.parts[c][
+                shuffle_order(
+                    seed=config.seed, round_index=round_index, client=c, size=run.sizes[c]
+                )
+            ]
+            for start in range(0, order.numel(), config.batch_size):
+                t += 1
+                x, y = run.train_set.batch(order[start : start + config.batch_size])
+                up = client.forward(x, y, t=t, total=total)
+                stats = client.scheme.stats()
+                try:
+                    down, loss, hits = server.step(c, up.smashed, up.labels)
+                except TrainingError as exc:
+                    raise TrainingError(f"round {round_index}, iteration {t}: {exc}") from None
+                client.backward(down)
+                n = int(y.numel())
+                bytes_up += len(up.smashed)
+                bytes_labels += len(up.labels)
+                bytes_down += len(down)
+                loss_sum += loss * n
+                correct += hits
+                seen += n
+                if "ratio" in stats:
+                    ratios.append(float(stats["ratio"]))
+                if "table2_bytes" in stats:
+                    table2 = (table2 or 0.0) + float(stats["table2_bytes"])
+                if "bound_bytes" in stats:
+                    bound = (bound or 0.0) + float(stats["bound_bytes"])
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+    finally:
+        bar.close()
+    if config.mode == "splitfed":
+        bytes_model += splitfed_aggregate(run.clients, sizes=run.sizes)
+    record: dict[str, Any] = {
+        "round": round_index,
+        "iteration": t,
+        "train_loss": loss_sum / seen,
+        "train_acc": correct / seen,
+        "bytes_up": bytes_up,
+        "bytes_down": bytes_down,
+        "bytes_labels": bytes_labels,
+        "bytes_model": bytes_model,
+        "ratio_mean": clean_float(sum(ratios) / len(ratios)) if ratios else None,
+        "ratio_min": clean_float(min(ratios)) if ratios else None,
+        "ratio_max": clean_float(max(ratios)) if ratios else None,
+        "table2_bytes_up": clean_float(table2),
+        "bound_bytes_up": clean_float(bound),
+        "kept_counts": _kept_total(run),
+    }
+    return record, t
+
+
+def _evaluate(run: Run) -> dict[str, Any]:
+    """Test accuracy and loss through the cut (and uncompressed, when asked).
+
+    The last client of the round (it holds the newest client model) compresses the test set
+    with ``training=False``; those bytes are ``bytes_eval``, apart from training traffic.
+    """
+    config, server = run.config, run.server
+    c = run.holder if run.holder is not None else len(run.clients) - 1
+    client = run.clients[c]
+    loss_sum, correct, count, bytes_eval = 0.0, 0, 0, 0
+    raw_loss, raw_correct = 0.0, 0
+    n = len(run.test_set)
+    for start in range(0, n, config.batch_size):
+        idx = torch.arange(start, min(start + config.batch_size, n))
+        x, y = run.test_set.batch(idx)
+        payload, labels = client.encode_eval(x), encode_labels(y)
+        bytes_eval += len(payload) + len(labels)
+        batch_loss, batch_correct, batch_count = server.evaluate(c, payload, labels)
+        loss_sum += batch_loss
+        correct += batch_correct
+        count += batch_count
+        if config.eval_uncompressed:
+            raw = server.score(client.smash(x), y)
+            raw_loss += raw[0]
+            raw_correct += raw[1]
+    out: dict[str, Any] = {
+        "test_acc": correct / count,
+        "test_loss": clean_float(loss_sum / count),
+        "bytes_eval": bytes_eval,
+    }
+    if config.eval_uncompressed:
+        out["test_acc_uncompressed"] = raw_correct / count
+        out["test_loss_uncompressed"] = clean_float(raw_loss / count)
+    return out
+
+
+# ------------------------------------------------------------------------- bookkeeping
+def _kept_per_client(run: Run) -> list[list[int]] | None:
+    counts = []
+    for client in run.clients:
+        fn = getattr(client.scheme, "kept_counts", None)
+        if not callable(fn):
+            return None
+        value = fn()
+        if value is None:
+            return None
+        counts.append([int(v) for v in torch.as_tensor(value).reshape(-1).tolist()])
+    return counts
+
+
+def _kept_total(run: Run) -> list[int] | None:
+    per_client = _kept_per_client(run)
+    if per_client is None or not per_client:
+        return None
+    return [sum(col) for col in zip(*per_client)]
+
+
+def _kept_channels(run: Run) -> dict[str, Any] | None:
+    per_client = _kept_per_client(run)
+    if per_client is None or not per_client:
+        return None
+    return {"total": [sum(col) for col in zip(*per_client)], "clients": per_client}
+
+
+def _ordered(record: dict[str, Any]) -> dict[str, Any]:
+    keys = [k for k in (*RECORD_FIELDS, *UNCOMPRESSED_FIELDS) if k in record]
+    keys += [k for k in record if k not in keys]
+    return {k: record[k] for k in keys}
+
+
+def _round_line(record: dict[str, Any], rounds: int) -> str:
+    ratio = record.get("ratio_mean")
+    extra = f", pruned {100 * ratio:.1f}%" if ratio else ""
+    return (
+        f"round {record['round']}/{rounds}: train loss {record['train_loss']:.4f} "
+        f"acc {100 * record['train_acc']:.2f}%, test acc {100 * record['test_acc']:.2f}%, "
+        f"up {record['bytes_up']:,} B, down {record['bytes_down']:,} B{extra}, "
+        f"{record['round_s']:.1f} s"
+    )
+
+
+def _write_partition(run: Run, path: Path, say: Log) -> None:
+    labels = run.train_set.labels
+    hist = acpsl_data.label_histogram(labels, run.parts, run.train_set.num_classes)
+    payload = {
+        "partition": run.config.partition,
+        "beta": run.config.beta,
+        "clients": run.config.clients,
+        "num_classes": run.train_set.num_classes,
+        "sizes": run.sizes,
+        "histogram": [[int(v) for v in row] for row in hist],
+    }
+    write_atomic(path, json.dumps(payload, indent=1).encode("utf-8"))
+    say("label histogram per client:\n" + histogram_table(hist, run.sizes))
+
+
+def _checkpoint_state(
+    run: Run, *, round_index: int, t: int, totals: dict[str, int], wall_s: float
+) -> dict[str, Any]:
+    return {
+        "round": round_index,
+        "iteration": t,
+        "wall_s": wall_s,
+        "config": run.config.to_dict(),
+        "totals": dict(totals),
+        "holder": -1 if run.holder is None else run.holder,
+        "client_models": [
+            {"model": c.model.state_dict(), "optimizer": c.optimizer.state_dict()}
+            for c in run.client_models
+        ],
+        "client_schemes": [c.scheme.state_dict() for c in run.clients],
+        "server": {
+            "model": run.server.model.state_dict(),
+            "optimizer": run.server.optimizer.state_dict(),
+            "schemes": {c: s.state_dict() for c, s in run.server.schemes.items()},
+        },
+    }
+
+
+def _restore(run: Run, ckpt: dict[str, Any]) -> None:
+    try:
+        models = ckpt["client_models"]
+        if len(models) != len(run.client_models):
+            raise CheckpointError(
+                f"checkpoint holds {len(models)} client models, the run has "
+                f"{len(run.client_models)}"
+            )
+        for runtime, state in zip(run.client_models, models):
+            runtime.model.load_state_dict(state["model"])
+            runtime.optimizer.load_state_dict(state["optimizer"])
+        for runtime, state in zip(run.clients, ckpt["client_schemes"]):
+            runtime.scheme.load_state_dict(state)
+        run.server.model.load_state_dict(ckpt["server"]["model"])
+        run.server.optimizer.load_state_dict(ckpt["server"]["optimizer"])
+        for c, state in ckpt["server"]["schemes"].items():
+            run.server.scheme(int(c)).load_state_dict(state)
+        holder = int(ckpt["holder"])
+        run.holder = None if holder < 0 else holder
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint does not fit this run: {exc}") from None
+    if not math.isfinite(float(ckpt["wall_s"])):
+        raise CheckpointError("checkpoint holds a non-finite wall time; it is corrupt")
