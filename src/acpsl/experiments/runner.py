@@ -49,7 +49,6 @@ def run_plan(
         AcpslError: whatever the engine raises (bad configuration, missing data, a
             checkpoint that does not match the plan, a diverging loss).
     """
-    import acpsl.experiments  # noqa: F401  (registers the dropgroup scheme in this process)
     from acpsl.engine import train
     from acpsl.experiments.matching import resolve_match
 

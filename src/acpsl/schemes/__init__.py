@@ -3,16 +3,19 @@
 Importing this package registers every built-in scheme.
 """
 
-from acpsl.schemes import standard as _standard  # noqa: F401  (registers "standard")
+# Each import registers its scheme (order = the order of ``names()``).
+# isort: off
+from acpsl.schemes import standard as _standard  # noqa: F401
+from acpsl.schemes import acp as _acp  # noqa: F401
+from acpsl.schemes import randtopk as _randtopk  # noqa: F401
+from acpsl.schemes import topk as _topk  # noqa: F401
+from acpsl.schemes import sizered as _sizered  # noqa: F401
+from acpsl.schemes import quant as _quant  # noqa: F401
+from acpsl.schemes import l1 as _l1  # noqa: F401
+from acpsl.schemes import dropgroup as _dropgroup  # noqa: F401
+
+# isort: on
 from acpsl.schemes.base import Scheme
 from acpsl.schemes.registry import SCHEMES, create, names, register
-
-# Built-in schemes register themselves on import; each module is added here as it lands.
-for _module in ("acp", "randtopk", "topk", "sizered", "quant", "l1"):
-    try:
-        __import__(f"acpsl.schemes.{_module}")
-    except ModuleNotFoundError as _exc:  # pragma: no cover - only while a scheme is not written
-        if _exc.name != f"acpsl.schemes.{_module}":
-            raise
 
 __all__ = ["SCHEMES", "Scheme", "create", "names", "register"]

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import acpsl.experiments  # noqa: F401  (registers dropgroup)
 from acpsl import schemes
 from acpsl.errors import ConfigError, PayloadError
-from acpsl.experiments.dropgroup import DROPGROUP_WIRE_ID, group_bounds, kept_channel_mask
+from acpsl.schemes.dropgroup import DROPGROUP_WIRE_ID, group_bounds, kept_channel_mask
 
 
 def _naive_bounds(channels: int, groups: int) -> list[tuple[int, int]]:
