@@ -22,9 +22,9 @@ CHANNELS, MAP = 64, 7 * 7
 HEADER = 22
 
 
-def run(tmp_path: Path, data: Path, partition: str) -> list[dict]:
+def run(tmp_path: Path, data: Path, partition: str, *, scheme: str = "acp", rounds: int = 2):
     config = TrainConfig(
-        scheme="acp",
+        scheme=scheme,
         dataset="mnist",
         data_dir=str(data),
         subset=SUBSET,
@@ -33,7 +33,7 @@ def run(tmp_path: Path, data: Path, partition: str) -> list[dict]:
         cut=4,
         stem="imagenet",
         clients=5,
-        rounds=2,
+        rounds=rounds,
         batch_size=BATCH,
         lr=0.01,
         partition=partition,
@@ -42,14 +42,39 @@ def run(tmp_path: Path, data: Path, partition: str) -> list[dict]:
         device="cpu",
         progress=False,
     )
-    out = tmp_path / partition
-    train(config, out_dir=out)
+    out = tmp_path / f"{scheme}-{partition}"
+    train(config, out_dir=out, log=None)
     return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def standard_up(tmp_path_factory, shared_data):
+    """Standard SL's real uplink bytes per round, per partition, of the same configuration.
+
+    One round suffices: a round's batches (hence its bytes) are the same in every round,
+    only their order changes. Computed once per partition and shared.
+    """
+    cache: dict[str, int] = {}
+
+    def get(partition: str) -> int:
+        if partition not in cache:
+            out = tmp_path_factory.mktemp("standard")
+            (record,) = run(out, shared_data, partition, scheme="standard", rounds=1)
+            cache[partition] = int(record["bytes_up"])
+        return cache[partition]
+
+    return get
+
+
 @pytest.mark.parametrize(("partition", "min_acc"), [("iid", 0.4), ("dirichlet", 0.25)])
-def test_acp_learns_and_sends_the_kept_fraction(tmp_path, shared_data, partition, min_acc):
+def test_acp_learns_and_sends_the_kept_fraction(
+    tmp_path, shared_data, standard_up, partition, min_acc
+):
     records = run(tmp_path, shared_data, partition)
+    standard = standard_up(partition)
+    # standard SL sends every value of every sample: 4 bytes x 64 x 7 x 7 per sample, plus
+    # a header per iteration (its real length is measured, this is only a sanity check)
+    assert standard == records[0]["iteration"] * HEADER + 4 * CHANNELS * MAP * SUBSET
     assert [r["round"] for r in records] == [1, 2]
     first, last = records
     # it learns: far above chance (10%) and the training loss falls
@@ -61,8 +86,12 @@ def test_acp_learns_and_sends_the_kept_fraction(tmp_path, shared_data, partition
         previous_iteration = r["iteration"]
         # ratios stay in the paper's bounds (after rounding to whole channels)
         assert 38 / 64 <= r["ratio_min"] <= r["ratio_mean"] <= r["ratio_max"] <= 51 / 64
-        # standard SL sends every value of every sample: 4 bytes x 64 x 7 x 7 per sample
-        standard = iterations * HEADER + 4 * CHANNELS * MAP * SUBSET
+        # one pruning ratio per iteration of the round, whose mean is ratio_mean
+        assert isinstance(r["ratios"], list) and len(r["ratios"]) == iterations
+        assert sum(r["ratios"]) / iterations == pytest.approx(r["ratio_mean"], abs=1e-12)
+        assert min(r["ratios"]) == r["ratio_min"] and max(r["ratios"]) == r["ratio_max"]
+        assert r["gen_error"] == pytest.approx(r["train_acc"] - r["test_acc"], abs=1e-12)
+        # ACP-SL's uplink is (1 - mean ratio) of standard SL's real bytes, same batches
         assert r["bytes_up"] / standard == pytest.approx(1 - r["ratio_mean"], rel=0.01)
         # real bytes = the paper's size + per iteration the header and the mask's byte rounding
         overhead = HEADER + math.ceil(CHANNELS / 8) - CHANNELS / 8

@@ -185,6 +185,74 @@ def test_train_then_resume_end_to_end(capsys, shared_data, tmp_path):
     assert code == 1 and "lr" in one_line_error(err)
 
 
+def test_resume_with_only_out_and_rounds_reads_the_runs_config(capsys, shared_data, tmp_path):
+    # The README's `acpsl train --out runs/acp-mnist --rounds 5 --resume`: every other
+    # setting comes from OUT/config.toml.
+    out = tmp_path / "run"
+    code, _, _ = run_main(
+        capsys, "train", "--scheme", "acp", "--data-dir", str(shared_data), "--subset", "96",
+        "--test-subset", "32", "--model", "smallcnn", "--cut", "1", "--clients", "2",
+        "--batch-size", "32", "--optimizer", "adam", "--lr", "1e-3", "--p-base", "0.75",
+        "--no-progress", "--rounds", "1", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0
+    code, text, err = run_main(capsys, "train", "--out", str(out), "--rounds", "2", "--resume")
+    assert code == 0, err
+    assert "resuming" in text and "rounds changed from 1 to 2" in text
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2]
+    saved = (out / "config.toml").read_text()
+    assert 'scheme = "acp"' in saved and "rounds = 2" in saved and "p_base = 0.75" in saved
+    # a flag given on resume still overrides the run's file (and is refused when it matters)
+    code, _, err = run_main(
+        capsys, "train", "--out", str(out), "--rounds", "3", "--resume", "--batch-size", "16"
+    )
+    assert code == 1 and "batch_size" in one_line_error(err)
+
+
+def test_out_that_is_a_file_exits_1_with_one_line(capsys, tmp_path):
+    path = tmp_path / "taken"
+    path.write_text("not a run")
+    code, _, err = run_main(capsys, "train", "--out", str(path))
+    assert code == 1 and "not a directory" in one_line_error(err)
+    code, _, err = run_main(capsys, "train", "--out", str(path / "below"))
+    assert code == 1 and str(path) in one_line_error(err)
+
+
+def test_a_failing_write_to_the_run_directory_exits_1(capsys, monkeypatch, shared_data, tmp_path):
+    from acpsl.engine import loop
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(loop, "write_atomic", full_disk)
+    code, _, err = run_main(
+        capsys, "train", "--data-dir", str(shared_data), "--subset", "64", "--test-subset",
+        "32", "--model", "smallcnn", "--cut", "1", "--clients", "2", "--no-progress",
+        "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert code == 1 and "No space left on device" in one_line_error(err)
+
+
+def test_toml_values_of_the_wrong_type_exit_2(capsys, tmp_path):
+    for line, name in (("device = 0", "device"), ("data_dir = 5", "data_dir"), ("lr = true", "lr")):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(line + "\n")
+        code, _, err = run_main(capsys, "train", "--config", str(path), "--out", str(tmp_path))
+        assert code == 2 and f"invalid {name}=" in one_line_error(err)
+
+
+def test_a_stray_os_error_is_one_line_exit_1(capsys, monkeypatch):
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/somewhere/file")
+
+    monkeypatch.setattr(commands, "run_train", denied)
+    code, _, err = run_main(capsys, "train")
+    assert code == 1
+    line = one_line_error(err)
+    assert "Permission denied" in line and "/somewhere/file" in line
+
+
 def test_python_dash_m_acpsl_help():
     proc = subprocess.run(
         [sys.executable, "-m", "acpsl", "train", "--help"],

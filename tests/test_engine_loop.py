@@ -183,10 +183,46 @@ def test_resume_refuses_a_different_configuration(shared_data, tmp_path):
 
 def test_resume_without_a_checkpoint_starts_over(shared_data, tmp_path):
     config = tiny(shared_data, rounds=1)
-    (tmp_path / RECORDS).write_text('{"round": 1, "test_acc": 0.5}\n')  # record but no checkpoint
-    summary = train(config, out_dir=tmp_path, resume=True, log=None)
-    assert [r["round"] for r in summary.records] == [1]
-    assert summary.records[0]["test_acc"] != 0.5 or summary.records[0]["bytes_up"] > 0
+    straight = train(config, out_dir=tmp_path / "straight", log=None)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / RECORDS).write_text('{"round": 1, "test_acc": 0.5}\n')  # a record, no checkpoint
+    summary = train(config, out_dir=out, resume=True, log=None)
+    # The stale line is gone: the file holds exactly the fresh run's one line.
+    lines = (out / RECORDS).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert list(record) == list(RECORD_FIELDS)
+    assert record == summary.records[0]
+    assert without_times([record]) == without_times(straight.records)
+    d = 32 * 14 * 14  # smallcnn's smashed data per sample at cut 1 on 28x28
+    batches = [BATCH, BATCH, SUBSET // CLIENTS - 2 * BATCH] * CLIENTS  # 24, 24, 16 per client
+    assert record["round"] == 1 and record["iteration"] == len(batches)
+    assert record["bytes_up"] == record["bytes_up_total"] == sum(22 + 4 * b * d for b in batches)
+    assert record["train_loss"] > 0 and 0 <= record["test_acc"] <= 1
+
+
+def test_clients_index_one_shared_dataset(shared_data):
+    from acpsl.engine.setup import build_run, load_split
+
+    config = tiny(shared_data, subset=None, clients=5)
+    run = build_run(config, device=torch.device("cpu"))
+    full = load_split(config, train=True)  # the process-wide cached copy
+    assert len(run.train_set) == 60000
+    # Every client holds only an int64 index tensor into the one training set...
+    assert len(run.parts) == 5
+    for part in run.parts:
+        assert isinstance(part, torch.Tensor) and part.dtype == torch.int64 and part.dim() == 1
+    joined = torch.cat(run.parts)
+    assert torch.equal(joined.sort().values, torch.arange(60000))
+    # ...and the images and labels are not copied: one storage, shared by every client.
+    assert run.train_set.images.data_ptr() == full.images.data_ptr()
+    assert run.train_set.labels.data_ptr() == full.labels.data_ptr()
+    for client in run.clients:
+        held = [v for v in vars(client).values() if isinstance(v, torch.Tensor)]
+        assert all(t.numel() < 60000 for t in held)
+    small = build_run(config.replace(subset=1000), device=torch.device("cpu"))
+    assert small.train_set.images.data_ptr() == full.images.data_ptr()
 
 
 def test_corrupt_checkpoint_is_a_checkpoint_error(shared_data, tmp_path):

@@ -8,7 +8,8 @@ that is not installed (an optional extra such as the gRPC transport) is skipped.
 
 Errors: an :class:`~acpsl.errors.AcpslError` is printed as one line ``acpsl: error: ...`` on
 stderr with its ``exit_code`` (2 for usage errors, 1 for runtime failures), argparse's own
-usage errors exit 2, and Ctrl-C exits 130 saying how to resume. A user's mistake never
+usage errors exit 2, a stray :class:`OSError` (a file that cannot be read or written) is
+one line with exit 1, and Ctrl-C exits 130 saying how to resume. A user's mistake never
 prints a traceback.
 """
 
@@ -80,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"acpsl: error: {message}", file=sys.stderr)
         return int(exc.exit_code)
+    except OSError as exc:
+        # A system error no acpsl code turned into an AcpslError (a file that cannot be
+        # read or written, a full disk): still one line, exit 1, no traceback.
+        print(f"acpsl: error: {_os_message(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "\nacpsl: interrupted; every finished round is saved in the run directory, "
@@ -88,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     return int(code or 0)
+
+
+def _os_message(exc: OSError) -> str:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    names = [str(n) for n in (exc.filename, exc.filename2) if n]
+    text = f"{reason}: {' -> '.join(names)}" if names else reason
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

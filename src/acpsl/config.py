@@ -93,16 +93,48 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.data_dir, os.PathLike):
+            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+        if not isinstance(self.scheme_params, Mapping):
+            raise ConfigError(
+                f"invalid scheme_params={self.scheme_params!r}: must be a table of scheme "
+                "parameters (e.g. [scheme_params] with p_base = 0.7)"
+            )
+        targets = self.target_acc
+        if isinstance(targets, (str, bytes)) or not isinstance(targets, (list, tuple)):
+            targets = (targets,)
+        for acc in targets:
+            if not _is_number(acc):
+                raise ConfigError(
+                    f"invalid target_acc={acc!r}: target accuracies are numbers in (0, 1]"
+                )
         object.__setattr__(self, "scheme_params", dict(self.scheme_params))
-        object.__setattr__(self, "target_acc", tuple(float(a) for a in self.target_acc))
+        object.__setattr__(self, "target_acc", tuple(float(a) for a in targets))
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid value and what to do."""
+        """Raise :class:`ConfigError` naming the first invalid value and what to do.
+
+        Types are checked first (a TOML ``device = 0`` or ``lr = true`` is an error, not a
+        crash or a silent 1.0): text fields must be strings, switches booleans, counts
+        integers and rates numbers (an integer is accepted for a rate; a boolean never is).
+        """
 
         def bad(name: str, value: Any, why: str) -> ConfigError:
             return ConfigError(f"invalid {name}={value!r}: {why}")
 
+        for name in _STR_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise bad(name, value, f"must be a string, not {type(value).__name__}")
+        for name in _BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise bad(name, value, "must be true or false")
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not _is_number(value):
+                raise bad(name, value, f"must be a number, not {type(value).__name__}")
         for name in ("clients", "rounds", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -117,7 +149,7 @@ class TrainConfig:
             isinstance(self.cut, bool) or not isinstance(self.cut, int) or self.cut < 1
         ):
             raise bad("cut", self.cut, "must be a positive number of client-side layers")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not (math.isfinite(self.lr) and self.lr > 0):
             raise bad("lr", self.lr, "the learning rate must be a positive number")
         if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
             raise bad("momentum", self.momentum, "must be in [0, 1)")
@@ -192,6 +224,27 @@ class TrainConfig:
     def from_toml(cls, path: str | os.PathLike[str]) -> TrainConfig:
         """Load a configuration file; a missing or malformed file is a :class:`ConfigError`."""
         return cls.from_dict(read_toml(path))
+
+
+#: Fields that must be strings, booleans and (real, non-boolean) numbers.
+_STR_FIELDS = (
+    "scheme",
+    "dataset",
+    "data_dir",
+    "model",
+    "stem",
+    "mode",
+    "partition",
+    "optimizer",
+    "device",
+)
+_BOOL_FIELDS = ("download", "eval_uncompressed", "progress")
+_FLOAT_FIELDS = ("beta", "lr", "momentum", "weight_decay")
+
+
+def _is_number(value: Any) -> bool:
+    """A real int or float, but not a bool (``True`` is an ``int`` in Python)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:

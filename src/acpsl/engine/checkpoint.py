@@ -3,8 +3,9 @@
 A checkpoint holds the client and server models, their optimizers, every client's and the
 server's scheme state (ACP history, RNG state), the counters (round, global iteration,
 cumulative bytes, wall time) and the configuration. It is written after every finished round
-with the pickle-free state codec (:mod:`acpsl.cut.state`) through a temporary file and
-:func:`os.replace`, so a crash leaves the previous checkpoint or the new one, never half of
+with the pickle-free state codec (:mod:`acpsl.cut.state`) through
+:func:`acpsl.engine.records.write_atomic` (a fresh temporary file, fsync, :func:`os.replace`,
+fsync of the folder), so a crash leaves the previous checkpoint or the new one, never half of
 one; loading it cannot run code.
 """
 
@@ -21,8 +22,12 @@ from acpsl.errors import CheckpointError, PayloadError
 
 #: Version of the checkpoint's layout (bumped when its keys change).
 CHECKPOINT_VERSION = 1
-#: Configuration keys a resumed run may change: they do not change what is computed.
-#: ``rounds`` may only grow (checked apart).
+#: Configuration keys a resumed run may change. All but ``rounds`` change nothing that is
+#: computed. ``rounds`` may only grow (checked apart), and growing it is *not* neutral: the
+#: run's ``T = rounds x iterations per round`` feeds ACP-SL's ``alpha_t = 1 - t/T`` (eq. 9),
+#: so the rounds trained after the resume use the larger ``T`` while those before it used
+#: the smaller one. The result differs from a run started with the larger ``rounds`` (it is
+#: the same for schemes that do not use ``T``); :func:`rounds_note` says so on resume.
 RESUMABLE_KEYS = frozenset({"rounds", "progress", "device", "data_dir", "download", "target_acc"})
 
 
@@ -82,6 +87,23 @@ def check_resumable(saved: Mapping[str, Any], config: TrainConfig, *, finished: 
             f"cannot resume with rounds={config.rounds}: the run already finished {finished} "
             "rounds; rounds may only grow"
         )
+
+
+def rounds_note(saved: Mapping[str, Any], config: TrainConfig) -> str | None:
+    """A note when a resumed run's ``rounds`` differs from the checkpointed one, else ``None``.
+
+    ``T`` of ACP-SL's eq. 9 is ``rounds x iterations per round``: the rounds still to train
+    use the new ``T``, the finished ones used the old one.
+    """
+    before = saved.get("rounds")
+    if before is None or int(before) == config.rounds:
+        return None
+    return (
+        f"note: rounds changed from {before} to {config.rounds}; T (eq. 9 of ACP-SL, "
+        "rounds x iterations per round) changes with it for the rounds still to train, so an "
+        "ACP-SL run resumed this way differs from one started with "
+        f"{config.rounds} rounds"
+    )
 
 
 def _normalize(value: Any) -> Any:

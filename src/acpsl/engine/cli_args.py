@@ -161,7 +161,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--rounds",
         type=int,
         default=s,
-        help="rounds; one round = every client passes once over its data" + d("rounds"),
+        help="rounds; one round = every client passes once over its data. T of ACP-SL's "
+        "eq. 9 is rounds x iterations per round, so raising --rounds on --resume changes "
+        "alpha_t for the rounds still to train" + d("rounds"),
     )
     run.add_argument(
         "--batch-size",

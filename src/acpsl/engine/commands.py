@@ -6,8 +6,10 @@ A plug-in of :mod:`acpsl.cli` (see its docstring for the protocol).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
+from acpsl.config import TrainConfig, read_toml
 from acpsl.engine.cli_args import add_train_arguments, config_from_args
 
 
@@ -28,7 +30,11 @@ def add_parser(subparsers: Any) -> None:
     train.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its last finished round (default: off)",
+        help="continue the run in --out from its last finished round; without --config the "
+        "settings are read from OUT/config.toml and only the options given override them "
+        "(e.g. a larger --rounds; note that this changes T of ACP-SL's eq. 9 for the rounds "
+        "still to train, so the result differs from a run started with that many rounds) "
+        "(default: off)",
     )
     add_train_arguments(train)
     train.set_defaults(func=run_train)
@@ -59,14 +65,29 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """``acpsl train``: build the configuration, train, print the summary."""
-    from acpsl.engine.loop import train
+    """``acpsl train``: build the configuration, train, print the summary.
+
+    With ``--resume`` and no ``--config``, the base settings are the run's own
+    ``OUT/config.toml`` (what it was started with), so ``acpsl train --out DIR --rounds 5
+    --resume`` continues that run; options given on the command line still override it.
+    """
+    from acpsl.engine.loop import CONFIG, train
 
     config = config_from_args(args)
-    out = getattr(args, "out", None) or f"runs/{config.scheme}-{config.dataset}-seed{config.seed}"
+    out = getattr(args, "out", None) or default_out(config)
+    if args.resume and "config" not in vars(args):
+        saved = Path(out) / CONFIG
+        if saved.is_file():
+            # The run's own settings are the base; only the options given override them.
+            config = config_from_args(args, base=read_toml(saved))
     train(config, out_dir=out, resume=bool(args.resume))
     print(f"records: {out}/records.jsonl")
     return 0
+
+
+def default_out(config: TrainConfig) -> str:
+    """The run directory of ``acpsl train`` without ``--out``."""
+    return f"runs/{config.scheme}-{config.dataset}-seed{config.seed}"
 
 
 def run_demo(args: argparse.Namespace) -> int:

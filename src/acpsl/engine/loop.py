@@ -22,10 +22,11 @@ Modes (SPEC section 5):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,20 @@ from acpsl import data as acpsl_data
 from acpsl.config import TrainConfig
 from acpsl.cut.labels import encode_labels
 from acpsl.engine.aggregate import splitfed_aggregate
-from acpsl.engine.checkpoint import check_resumable, load_checkpoint, save_checkpoint
+from acpsl.engine.checkpoint import (
+    check_resumable,
+    load_checkpoint,
+    rounds_note,
+    save_checkpoint,
+)
 from acpsl.engine.records import (
     RECORD_FIELDS,
     UNCOMPRESSED_FIELDS,
     RunSummary,
     append_record,
     clean_float,
+    gen_error,
+    ratio_fields,
     read_records,
     summarize,
     truncate_records,
@@ -104,15 +112,17 @@ def train(
         The :class:`RunSummary` of all rounds (including those before a resume).
 
     Raises:
-        CheckpointError: ``out_dir`` already holds a run and ``resume`` is False, or the
-            checkpoint is corrupt or was made with a different configuration.
+        CheckpointError: ``out_dir`` already holds a run and ``resume`` is False, the
+            checkpoint is corrupt or was made with a different configuration, or the run
+            directory cannot be created or written (a file in the way, permissions, a full
+            disk).
         TrainingError: the loss became non-finite.
         ConfigError, DataError: bad configuration or missing dataset files.
     """
     say: Log = log if log is not None else (lambda _msg: None)
     check_config(config)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_dir(out)
     records_path, ckpt_path = out / RECORDS, out / CHECKPOINT
 
     ckpt: dict[str, Any] | None = None
@@ -120,6 +130,9 @@ def train(
         if ckpt_path.exists():
             ckpt = load_checkpoint(ckpt_path)
             check_resumable(ckpt["config"], config, finished=int(ckpt["round"]))
+            note = rounds_note(ckpt["config"], config)
+            if note is not None:
+                say(note)
         else:
             say(f"no checkpoint in {out}: starting from round 1")
     elif ckpt_path.exists() or read_records(records_path):
@@ -130,20 +143,23 @@ def train(
 
     device = resolve_device(config.device)
     run = build_run(config, device=device)
-    write_atomic(out / CONFIG, config.to_toml().encode("utf-8"))
-    _write_partition(run, out / PARTITION, say)
+    with run_dir_writes(out):
+        write_atomic(out / CONFIG, config.to_toml().encode("utf-8"))
+        _write_partition(run, out / PARTITION, say)
 
     totals = dict.fromkeys(_TOTALS, 0)
     t, wall_before, start_round = 0, 0.0, 1
     if ckpt is not None:
         _restore(run, ckpt)
-        records = truncate_records(records_path, rounds=int(ckpt["round"]))
+        with run_dir_writes(out):
+            records = truncate_records(records_path, rounds=int(ckpt["round"]))
         totals = {k: int(ckpt["totals"][k]) for k in _TOTALS}
         t, wall_before = int(ckpt["iteration"]), float(ckpt["wall_s"])
         start_round = int(ckpt["round"]) + 1
         say(f"resuming {out} after round {ckpt['round']} (iteration {t})")
     else:
-        write_atomic(records_path, b"")
+        with run_dir_writes(out):
+            write_atomic(records_path, b"")
         records = []
 
     say(
@@ -157,6 +173,7 @@ def train(
         round_start = time.perf_counter()
         record, t = _train_round(run, round_index=r, t=t, total=total_iters)
         record.update(_evaluate(run))
+        record["gen_error"] = gen_error(record)
         for key in ("up", "down", "labels", "model", "eval"):
             totals[f"bytes_{key}_total"] += int(record[f"bytes_{key}"])
         record.update(totals)
@@ -164,23 +181,66 @@ def train(
         record["round_s"] = now - round_start
         record["wall_s"] = wall_before + (now - segment_start)
         record = _ordered(record)
-        append_record(records_path, record)
-        kept = _kept_channels(run)
-        if kept is not None:
-            write_atomic(out / KEPT_CHANNELS, json.dumps({"round": r, **kept}).encode("utf-8"))
-        save_checkpoint(
-            ckpt_path,
-            _checkpoint_state(run, round_index=r, t=t, totals=totals, wall_s=record["wall_s"]),
-        )
+        with run_dir_writes(out):
+            append_record(records_path, record)
+            kept = _kept_channels(run)
+            if kept is not None:
+                data = json.dumps({"round": r, **kept}).encode("utf-8")
+                write_atomic(out / KEPT_CHANNELS, data)
+            save_checkpoint(
+                ckpt_path,
+                _checkpoint_state(run, round_index=r, t=t, totals=totals, wall_s=record["wall_s"]),
+            )
         records.append(record)
         say(_round_line(record, config.rounds))
         if on_round is not None:
             on_round(record)
 
     summary = summarize(records, out_dir=out, targets=config.target_acc)
-    write_atomic(out / SUMMARY, json.dumps(summary.to_dict(), indent=2).encode("utf-8"))
+    with run_dir_writes(out):
+        write_atomic(out / SUMMARY, json.dumps(summary.to_dict(), indent=2).encode("utf-8"))
     say("summary:\n" + summary.table())
     return summary
+
+
+def make_run_dir(out: Path) -> None:
+    """Create the run directory ``out`` (and its parents) if needed.
+
+    Raises:
+        CheckpointError: ``out`` (or a parent) is a file, or cannot be created (permissions,
+            read-only or full disk), with the reason in one line.
+    """
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(
+            f"cannot use {out} as the run directory: it exists and is not a directory; "
+            "choose another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot create the run directory {out}: {_reason(exc)}; choose another --out"
+        ) from None
+
+
+@contextlib.contextmanager
+def run_dir_writes(out: Path) -> Iterator[None]:
+    """Turn an :class:`OSError` writing into the run directory into a one-line error.
+
+    Raises:
+        CheckpointError: naming the directory and the system's reason (e.g. no space left).
+    """
+    try:
+        yield
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise CheckpointError(
+            f"cannot write the run directory {out}{where}: {_reason(exc)}"
+        ) from None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 # ----------------------------------------------------------------------------- one round
@@ -251,9 +311,7 @@ def _train_round(run: Run, *, round_index: int, t: int, total: int) -> tuple[dic
         "bytes_down": bytes_down,
         "bytes_labels": bytes_labels,
         "bytes_model": bytes_model,
-        "ratio_mean": clean_float(sum(ratios) / len(ratios)) if ratios else None,
-        "ratio_min": clean_float(min(ratios)) if ratios else None,
-        "ratio_max": clean_float(max(ratios)) if ratios else None,
+        **ratio_fields(ratios),
         "table2_bytes_up": clean_float(table2),
         "bound_bytes_up": clean_float(bound),
         "kept_counts": _kept_total(run),

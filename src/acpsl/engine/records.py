@@ -8,9 +8,11 @@ checkpoint is written, so after a crash the file holds every round the checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,8 @@ RECORD_FIELDS: tuple[str, ...] = (
     "ratio_mean",
     "ratio_min",
     "ratio_max",
+    "ratios",
+    "gen_error",
     "table2_bytes_up",
     "bound_bytes_up",
     "kept_counts",
@@ -56,18 +60,73 @@ TOTAL_FIELDS: tuple[str, ...] = (
 )
 
 
+def ratio_fields(ratios: Sequence[float]) -> dict[str, Any]:
+    """The pruning-ratio fields of a round's record (ACP-SL eq. 13's ``P_t``).
+
+    ``ratios`` holds one ratio per iteration of the round, in iteration order (the first is
+    iteration ``record["iteration"] - len(ratios) + 1``); it is recorded as ``ratios`` so
+    plots can show ``P_t`` against the global iteration, beside its mean, min and max.
+    Schemes without a pruning ratio give an empty list and ``None`` statistics.
+    """
+    values = [float(r) for r in ratios]
+    return {
+        "ratio_mean": clean_float(sum(values) / len(values)) if values else None,
+        "ratio_min": clean_float(min(values)) if values else None,
+        "ratio_max": clean_float(max(values)) if values else None,
+        "ratios": [clean_float(v) for v in values],
+    }
+
+
+def gen_error(record: Mapping[str, Any]) -> float | None:
+    """Generalization error of a round: training accuracy minus test accuracy.
+
+    The RandTopk paper's Fig. 4(b) quantity. The training accuracy is the one measured on the
+    round's training batches as they were trained (``train_acc``), so for RandTopk it includes
+    eq. 7's random selection, as in training.
+    """
+    train, test = record.get("train_acc"), record.get("test_acc")
+    if train is None or test is None:
+        return None
+    return clean_float(float(train) - float(test))
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old or the new file.
 
-    The bytes go to a temporary file in the same folder, are fsync'ed, and replace ``path``
-    with :func:`os.replace` (atomic on POSIX and Windows).
+    The bytes go to a fresh temporary file in the same folder (:func:`tempfile.mkstemp`, so
+    two writers never share one), which is fsync'ed and moves onto ``path`` with
+    :func:`os.replace` (atomic on POSIX and Windows); then the folder itself is fsync'ed, so
+    the rename survives a power cut too. On failure the temporary file is removed and the
+    :class:`OSError` propagates (the training loop turns it into a one-line error).
     """
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    path = Path(path)
+    folder = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
+    """fsync a directory, so a rename or a new file in it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # pragma: no cover - platforms that cannot open a directory (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that refuse to fsync a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def append_record(path: Path, record: Mapping[str, Any]) -> None:
