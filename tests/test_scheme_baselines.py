@@ -7,6 +7,7 @@ import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from torch import nn
 import acpsl.schemes as schemes
 from acpsl.cut.payload import header_size
 from acpsl.errors import ConfigError, PayloadError, TrainingError
-from acpsl.schemes.randtopk import randtopk_mask
+from acpsl.schemes.randtopk import _smallest, randtopk_mask, randtopk_select
 from acpsl.schemes.selection import topk_mask
 from acpsl.schemes.sizes import log2_binomial
 
@@ -204,7 +205,7 @@ def test_keep_ratio_and_bad_parameters() -> None:
     assert scheme.stats()["kept"] == 12.0 and scheme.stats()["ratio"] == pytest.approx(0.76)
     with pytest.raises(ConfigError, match="exceeds"):
         schemes.create("topk", k=51).compress(x)
-    for name, params in [
+    bad: list[tuple[str, dict[str, Any]]] = [
         ("topk", {"k": 0}),
         ("topk", {"k": 3, "keep_ratio": 0.5}),
         ("sizered", {"keep_ratio": 1.5}),
@@ -212,7 +213,8 @@ def test_keep_ratio_and_bad_parameters() -> None:
         ("quant", {"bits": 17}),
         ("quant", {"bits": 0}),
         ("l1", {"lam": -1.0}),
-    ]:
+    ]
+    for name, params in bad:
         with pytest.raises(ConfigError):
             schemes.create(name, **params)
     with pytest.raises(TrainingError, match="NaN"):
@@ -416,6 +418,54 @@ def test_benchmark_shape_round_trip() -> None:
         assert float((out - x).norm()) <= float(x.norm())
         if name == "l1":
             assert torch.equal(out, x)
+
+
+def test_randtopk_positions_match_its_mask() -> None:
+    """randtopk_select builds the positions from its picks; they must be the mask's."""
+    x = batch((16, 300), seed=25).relu().numpy()
+    gen = torch.Generator().manual_seed(0)
+    for k, alpha in ((30, 0.1), (30, 0.9), (200, 0.5), (299, 1.0), (1, 1.0)):
+        mask, positions = randtopk_select(x, k=k, alpha=alpha, generator=gen)
+        assert np.array_equal(positions, np.flatnonzero(mask))
+        assert (mask.sum(axis=1) == k).all()
+
+
+def test_smallest_keys_leave_boundary_ties_to_torch_topk() -> None:
+    keys = torch.tensor([[0.5, 0.25, 0.25, 0.75], [0.5, 0.25, 0.125, 0.75]])
+    m = np.array([1, 2])
+    got = _smallest(keys, m, most=2)
+    ref = np.zeros((2, 4), dtype=bool)
+    drop = keys.topk(2, dim=1, largest=False, sorted=True).indices.numpy()
+    for b in range(2):
+        ref[b, drop[b, : m[b]]] = True
+    assert np.array_equal(got, ref)  # row 0 ties at its boundary: torch.topk decided
+    assert got[1].tolist() == [False, True, True, False]
+    assert not _smallest(keys, np.array([0, 0]), most=1).any()
+
+
+def test_tiny_payloads_declaring_huge_shapes_are_rejected_before_allocating() -> None:
+    import struct
+    import tracemalloc
+
+    def header(wire_id: int, shape: tuple[int, ...]) -> bytes:
+        return b"SL" + struct.pack(f"<BBBB{len(shape)}I", 1, wire_id, 0, len(shape), *shape)
+
+    huge = (2**31 - 1, 1)
+    cases = [
+        ("topk", header(schemes.create("topk").wire_id, huge) + struct.pack("<I", 1) + b"\0"),
+        ("topk", header(schemes.create("topk").wire_id, huge) + struct.pack("<I", 0) + b"\0"),
+        ("sizered", header(schemes.create("sizered").wire_id, huge) + struct.pack("<II", 0, 1)),
+        ("sizered", header(schemes.create("sizered").wire_id, huge) + struct.pack("<II", 1, 1)),
+    ]
+    tracemalloc.start()
+    try:
+        for name, data in cases:
+            with pytest.raises(PayloadError):
+                schemes.create(name).decompress(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
 
 
 # ------------------------------------------------------------------- real MNIST training

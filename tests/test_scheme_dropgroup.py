@@ -102,3 +102,52 @@ def test_state_round_trip_and_mismatch() -> None:
     schemes.create("dropgroup", groups=4, drop=3).load_state_dict(state)
     with pytest.raises(ConfigError):
         schemes.create("dropgroup", groups=4, drop=2).load_state_dict(state)
+
+
+def test_tiny_payload_declaring_a_huge_shape_is_rejected_before_allocating() -> None:
+    import struct
+    import tracemalloc
+
+    # 18 bytes: header of a [1, 2**24] tensor + groups/drop, and no values at all.
+    data = b"SL" + struct.pack("<BBBB2I", 1, DROPGROUP_WIRE_ID, 0, 2, 1, 2**24)
+    data += struct.pack("<HH", 4, 0)
+    assert len(data) == 18
+    scheme = schemes.create("dropgroup", groups=4, drop=0)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadError, match="needs"):
+            scheme.decompress(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # the old decoder built np.arange(2**24) (128 MiB) first
+    with pytest.raises(PayloadError):
+        scheme.decompress_grad(data[:4] + b"\x01" + data[5:])
+
+
+def test_group_bounds_are_arithmetic_for_many_channels() -> None:
+    bounds = group_bounds(2**24 + 3, 4)
+    assert bounds[0] == (0, 2**22 + 1) and bounds[-1] == (3 * 2**22 + 3, 2**24 + 3)
+    assert kept_channel_mask(5, groups=7, drop=6).all()  # more groups than channels
+
+
+def test_edge_shapes_round_trip() -> None:
+    gen = torch.Generator().manual_seed(9)
+    # the only channel dropped: no values cross; an empty dropped group: everything crosses
+    for shape, groups, drop, expect_zero in (
+        ((2, 1, 3, 3), 4, 0, True),
+        ((2, 1, 3, 3), 3, 2, False),
+        ((3, 5), 2, 1, False),
+        ((2, 6, 2, 2), 3, 1, False),
+    ):
+        x = torch.randn(*shape, generator=gen)
+        client = schemes.create("dropgroup", groups=groups, drop=drop)
+        server = schemes.create("dropgroup", groups=groups, drop=drop)
+        rebuilt = server.decompress(client.compress(x))
+        start, stop = group_bounds(shape[1], groups)[drop]
+        expected = x.clone()
+        expected[:, start:stop] = 0
+        assert torch.equal(rebuilt, expected)
+        assert bool((rebuilt == 0).all()) == expect_zero
+        back = client.decompress_grad(server.compress_grad(x))
+        assert torch.equal(back, expected)

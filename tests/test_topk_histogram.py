@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from acpsl import schemes
 from acpsl.analysis import topk_histogram
 from acpsl.errors import ConfigError
 
@@ -45,3 +46,22 @@ def test_bad_arguments() -> None:
         topk_histogram(client, [], k=1)
     with pytest.raises(ConfigError, match="earlier"):
         topk_histogram(client, [x, torch.randn(2, 5)], k=1)
+
+
+def test_ties_go_to_the_lowest_indices_like_the_topk_scheme() -> None:
+    # ReLU of mostly negative inputs: each sample has fewer non-zero values than k, so the
+    # k-th magnitude is a tie among zeros, which the top-k scheme breaks to the lowest indices.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 2, 8, 8, generator=gen) - 2.0
+    client = nn.ReLU()
+    k = 20
+    features = client(x).reshape(40, -1)
+    assert int((features != 0).sum(dim=1).max()) < k
+    counts = topk_histogram(client, [x[:17], x[17:]], k=k)
+    assert torch.equal(counts, naive_histogram(features, k))
+    # What the scheme really sends: the positions where an all-ones gradient comes back.
+    sender, receiver = schemes.create("topk", k=k), schemes.create("topk", k=k)
+    receiver.decompress(sender.compress(client(x), training=False))
+    sent = sender.decompress_grad(receiver.compress_grad(torch.ones(x.shape)))
+    assert torch.equal(counts, sent.reshape(40, -1).sum(dim=0).to(torch.int64))
+    assert int(counts.sum()) == k * 40

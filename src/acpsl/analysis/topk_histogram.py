@@ -3,7 +3,11 @@
 Top-k training tends to select the same few neurons for every input, so part of the cut layer
 is never trained; RandTopk spreads the selections. This histogram shows which: the count of
 samples for which each of the ``d`` flattened cut values is among the ``k`` largest in
-magnitude, with the client model in evaluation mode.
+magnitude, with the client model in evaluation mode. The selection is the top-k scheme's own
+(:func:`acpsl.schemes.selection.topk_mask`), ties at the ``k``-th magnitude going to the lowest
+indices, so the histogram counts exactly what the scheme would send (``torch.topk`` alone
+orders equal values arbitrarily, e.g. the ReLU zeros of a sample with fewer than ``k``
+non-zero values).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from acpsl.errors import ConfigError
+from acpsl.schemes.selection import topk_mask
 
 
 def topk_histogram(
@@ -62,8 +67,8 @@ def topk_histogram(
                     raise ConfigError(
                         f"topk_histogram: a batch has {d} cut values, earlier ones {counts.numel()}"
                     )
-                idx = flat.abs().topk(k, dim=1, sorted=False).indices.reshape(-1).cpu()
-                counts += torch.bincount(idx, minlength=d)
+                mask = topk_mask(flat.to("cpu", torch.float32).contiguous(), k=k)
+                counts += mask.sum(dim=0, dtype=torch.int64)
     finally:
         model_client.train(was_training)
     if counts is None:

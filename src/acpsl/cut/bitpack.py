@@ -22,6 +22,9 @@ from acpsl.errors import PayloadError
 
 #: Widest value the packer handles (indices of up to 2**32 positions).
 MAX_WIDTH = 32
+#: Streams of at most this many bits go through a bit matrix (fewer NumPy calls for small
+#: inputs such as per-sample counts); longer ones through the byte-slot plan below.
+SMALL_BITS = 1 << 15
 
 
 def packed_size(*, count: int, width: int) -> int:
@@ -54,8 +57,11 @@ def pack_uint(values: np.ndarray, *, width: int) -> bytes:
         raise ValueError(f"pack_uint needs integers, got dtype {flat.dtype}")
     if flat.dtype.kind == "i" and int(flat.min()) < 0:
         raise ValueError("pack_uint needs non-negative integers")
-    if int(flat.max()) >> width:
-        raise ValueError(f"a value does not fit in {width} bits (max {int(flat.max())})")
+    # An unsigned dtype no wider than the width cannot overflow it: skip the pass over the data.
+    if not (flat.dtype.kind == "u" and 8 * flat.dtype.itemsize <= width):
+        top = int(flat.max())
+        if top >> width:
+            raise ValueError(f"a value does not fit in {width} bits (max {top})")
     if width == 8:
         return flat.astype(np.uint8, copy=False).tobytes()
     if width == 16:
@@ -73,6 +79,11 @@ def pack_uint(values: np.ndarray, *, width: int) -> bytes:
         for j in range(1, per_byte):
             packed |= lanes[:, j] << np.uint8(j * width)
         return packed.tobytes()
+    if count * width <= SMALL_BITS:
+        # Few values: expand to a bit matrix (value i's bits in row i, least-significant
+        # first) and let np.packbits write the stream; a handful of calls in all.
+        bits = (flat.astype(np.uint64)[:, None] >> _shifts(width)) & np.uint64(1)
+        return np.packbits(bits.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
     groups = -(-count // 8)
     vals = np.zeros((groups, 8), dtype=np.uint64)
     vals.reshape(-1)[:count] = flat
@@ -124,6 +135,10 @@ def unpack_uint(
         shifts = np.arange(0, 8, width, dtype=np.uint8)
         lanes = (raw[:, None] >> shifts) & np.uint8((1 << width) - 1)
         return lanes.reshape(-1)[:count].astype(dtype)
+    if count * width <= SMALL_BITS:
+        bits = np.unpackbits(raw, count=count * width, bitorder="little").reshape(count, width)
+        vals_small = (bits.astype(np.uint64) << _shifts(width)).sum(axis=1, dtype=np.uint64)
+        return vals_small.astype(dtype)
     groups = -(-count // 8)
     padded = np.zeros(groups * width, dtype=np.uint8)
     padded[:expected] = raw
@@ -135,6 +150,12 @@ def unpack_uint(
         vals[:, i] |= part
     vals &= np.uint64((1 << width) - 1)
     return vals.reshape(-1)[:count].astype(dtype)
+
+
+@lru_cache(maxsize=MAX_WIDTH + 1)
+def _shifts(width: int) -> np.ndarray:
+    """``[0, 1, ..., width - 1]`` as uint64 (the bit positions within a value)."""
+    return np.arange(width, dtype=np.uint64)
 
 
 @lru_cache(maxsize=MAX_WIDTH + 1)

@@ -106,11 +106,14 @@ def decode_selection(
         )
     if mode == MODE_MASK:
         raw = reader.take((batch * d + 7) // 8)
-        mask = unpack_bits(raw, batch * d).numpy()
-        got = np.count_nonzero(mask.reshape(batch, d), axis=1)
+        positions = np.flatnonzero(unpack_bits(raw, batch * d).numpy())
+        # Per-sample counts from where each sample's positions start (cheaper than counting
+        # the mask row by row).
+        ends = np.searchsorted(positions, np.arange(1, batch + 1, dtype=np.int64) * d)
+        got = np.diff(ends, prepend=0)
         if not np.array_equal(got, counts):
             raise PayloadError(f"{reader.what}: bit mask keeps {got.tolist()} values per sample")
-        return np.flatnonzero(mask)
+        return positions
     width = index_width(d)
     idx = unpack_uint(reader.take(packed_size(count=total, width=width)), count=total, width=width)
     if total and int(idx.max()) >= d:

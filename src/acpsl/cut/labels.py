@@ -28,7 +28,7 @@ def encode_labels(labels: torch.Tensor) -> bytes:
     top = int(arr.max()) if arr.size else 0
     width = 1 if top < 2**8 else 2 if top < 2**16 else 4
     header = encode_header(scheme_id=LABELS_WIRE_ID, kind=KIND_LABELS, shape=arr.shape)
-    return header + bytes([width]) + arr.astype(_DTYPES[width]).tobytes()
+    return b"".join((header, bytes([width]), arr.astype(_DTYPES[width]).data))
 
 
 def decode_labels(data: bytes) -> torch.Tensor:
@@ -38,6 +38,6 @@ def decode_labels(data: bytes) -> torch.Tensor:
     width = reader.u8()
     if width not in _DTYPES:
         raise PayloadError(f"labels payload: unsupported label width {width} bytes")
-    values = reader.array(count, _DTYPES[width])
+    values = reader.view(count, _DTYPES[width])
     reader.finish()
-    return torch.from_numpy(values.astype(np.int64))
+    return torch.from_numpy(values.astype(np.int64))  # the one copy

@@ -22,6 +22,7 @@ cannot silently accept a malformed payload.
 from __future__ import annotations
 
 import struct
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -109,12 +110,18 @@ class PayloadReader:
     def float32(self, count: int) -> torch.Tensor:
         """``count`` little-endian float32 values as a 1-D tensor (a copy, writable)."""
         raw = self.take(4 * count)
-        return torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=True))
+        if count == 0:
+            return torch.zeros(0, dtype=torch.float32)
+        return readonly_tensor(np.frombuffer(raw, dtype="<f4")).clone()
 
     def array(self, count: int, dtype: str) -> np.ndarray:
         """``count`` values of NumPy ``dtype`` (e.g. ``"<u2"``), copied."""
+        return self.view(count, dtype).copy()
+
+    def view(self, count: int, dtype: str) -> np.ndarray:
+        """``count`` values of NumPy ``dtype``: a read-only view of the payload (no copy)."""
         itemsize = np.dtype(dtype).itemsize
-        return np.frombuffer(self.take(itemsize * count), dtype=dtype).copy()
+        return np.frombuffer(self.take(itemsize * count), dtype=dtype)
 
     def finish(self) -> None:
         """Assert that every byte was read."""
@@ -174,8 +181,27 @@ def decode_header(
 
 def float32_bytes(values: torch.Tensor) -> bytes:
     """Raw little-endian float32 bytes of ``values`` (any shape, flattened in C order)."""
+    return float32_array(values).tobytes()
+
+
+def float32_array(values: torch.Tensor) -> np.ndarray:
+    """``values`` as a C-contiguous little-endian float32 NumPy array (no copy when it already
+    is one on the CPU): what :func:`float32_bytes` would return, as a buffer that
+    ``b"".join`` copies straight into a payload (one copy instead of two)."""
     arr = values.detach().to("cpu", torch.float32).contiguous().numpy()
-    return arr.astype("<f4", copy=False).tobytes()
+    return arr.astype("<f4", copy=False)
+
+
+def readonly_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing the memory of a read-only NumPy view of a payload.
+
+    Only for reading or copying (``.clone()``, a multi-threaded copy, or an op that makes a new
+    tensor): writing to it would write to immutable ``bytes``. ``torch.from_numpy`` warns about
+    non-writable arrays; here that is intended, so the warning is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
 
 
 def pack_bits(mask: torch.Tensor) -> bytes:
@@ -193,7 +219,8 @@ def unpack_bits(data: bytes | memoryview, n: int) -> torch.Tensor:
     nbytes = (n + 7) // 8
     if len(data) != nbytes:
         raise PayloadError(f"bit mask of {n} bits needs {nbytes} bytes, got {len(data)}")
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-    if bits[n:].any():
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if n % 8 and int(raw[-1]) >> (n % 8):
         raise PayloadError("bit mask has padding bits set; payload is corrupt")
-    return torch.from_numpy(bits[:n].astype(bool))
+    bits = np.unpackbits(raw, count=n, bitorder="little")
+    return torch.from_numpy(bits.view(bool))

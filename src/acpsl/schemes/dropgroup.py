@@ -4,10 +4,10 @@ Fig. 2 of the ACP-SL paper trains ResNet-18 on MNIST while one fixed group of th
 layer's channels is dropped, and compares the training losses: the groups matter unequally,
 and their importance changes over the rounds. This scheme reproduces that experiment through
 the same cut as every other scheme: the channels are split into ``groups`` contiguous groups
-of (almost) equal size (``numpy.array_split`` sizes), the group ``drop`` is zeroed on the
-server side, and only the other channels' values cross the cut — in both directions, since
-the client knows which group is dropped (it is a fixed part of the experiment, like the
-channel mask of ACP-SL that is not resent on the downlink).
+of (almost) equal size (``numpy.array_split`` sizes, computed arithmetically), the group
+``drop`` is zeroed on the server side, and only the other channels' values cross the cut —
+in both directions, since the client knows which group is dropped (it is a fixed part of the
+experiment, like the channel mask of ACP-SL that is not resent on the downlink).
 
 Payload body (after the common header, see :mod:`acpsl.cut.payload`): ``u16 groups``,
 ``u16 drop``, then the kept channels' values as float32, ``[B, kept channels, ...]`` in C
@@ -16,6 +16,7 @@ order. The gradient payload carries the same two fields and the kept channels' g
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -28,7 +29,7 @@ from acpsl.cut.payload import (
     PayloadReader,
     decode_header,
     encode_header,
-    float32_bytes,
+    float32_array,
 )
 from acpsl.errors import ConfigError, PayloadError
 from acpsl.schemes.base import Scheme
@@ -44,18 +45,23 @@ def group_bounds(channels: int, groups: int) -> list[tuple[int, int]]:
     Sizes follow ``numpy.array_split``: the first ``channels % groups`` groups have one
     channel more than the rest, so 64 channels in 3 groups are 22, 21 and 21 channels.
     """
-    sizes = [len(part) for part in np.array_split(np.arange(channels), groups)]
-    bounds: list[tuple[int, int]] = []
-    start = 0
-    for size in sizes:
-        bounds.append((start, start + size))
-        start += size
-    return bounds
+    return [group_bound(channels, groups=groups, group=g) for g in range(groups)]
+
+
+def group_bound(channels: int, *, groups: int, group: int) -> tuple[int, int]:
+    """``[start, stop)`` of group ``group`` alone, computed arithmetically (no allocation).
+
+    With ``base, extra = divmod(channels, groups)``, group ``g`` starts at
+    ``g * base + min(g, extra)`` and has ``base + (g < extra)`` channels.
+    """
+    base, extra = divmod(channels, groups)
+    start = group * base + min(group, extra)
+    return start, start + base + (1 if group < extra else 0)
 
 
 def kept_channel_mask(channels: int, *, groups: int, drop: int) -> torch.Tensor:
     """Boolean ``[channels]`` mask: ``True`` for channels outside the dropped group."""
-    start, stop = group_bounds(channels, groups)[drop]
+    start, stop = group_bound(channels, groups=groups, group=drop)
     mask = torch.ones(channels, dtype=torch.bool)
     mask[start:stop] = False
     return mask
@@ -88,8 +94,8 @@ class DropGroupScheme(Scheme):
         self._server_shape: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------------- helpers
-    def _mask(self, channels: int) -> torch.Tensor:
-        return kept_channel_mask(channels, groups=self.groups, drop=self.drop)
+    def _bounds(self, channels: int) -> tuple[int, int]:
+        return group_bound(channels, groups=self.groups, group=self.drop)
 
     def _encode(self, x: torch.Tensor, *, kind: int) -> bytes:
         if x.dim() < 2:
@@ -97,9 +103,21 @@ class DropGroupScheme(Scheme):
                 f"dropgroup needs a batch [B, N, ...] with a channel dimension, got "
                 f"{tuple(x.shape)}"
             )
-        kept = x[:, self._mask(x.shape[1]).to(x.device)]
+        start, stop = self._bounds(x.shape[1])
+        arr = float32_array(x).reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
         header = encode_header(scheme_id=self.wire_id, kind=kind, shape=x.shape)
-        return header + struct.pack("<HH", self.groups, self.drop) + float32_bytes(kept)
+        parts: list[bytes | memoryview] = [header, struct.pack("<HH", self.groups, self.drop)]
+        if stop == start:
+            parts.append(arr.data)
+        else:
+            # Each sample's kept channels are at most two contiguous blocks around the dropped
+            # group: join copies them straight into the payload (one copy, single-threaded).
+            for sample in arr:
+                if start:
+                    parts.append(sample[:start].data)
+                if stop < len(sample):
+                    parts.append(sample[stop:].data)
+        return b"".join(parts)
 
     def _decode(self, data: bytes, *, kind: int, what: str) -> torch.Tensor:
         reader = PayloadReader(data, what=what)
@@ -112,16 +130,29 @@ class DropGroupScheme(Scheme):
                 f"{what}: made with groups={groups}, drop={drop}; this decoder has "
                 f"groups={self.groups}, drop={self.drop}"
             )
-        mask = self._mask(shape[1])
-        kept_shape = (shape[0], int(mask.sum()), *shape[2:])
-        numel = 1
-        for s in kept_shape:
-            numel *= s
-        values = reader.float32(numel).reshape(kept_shape)
+        channels = shape[1]
+        start, stop = self._bounds(channels)
+        kept_shape = (shape[0], channels - (stop - start), *shape[2:])
+        # Check the body length against the declared shape before allocating anything sized
+        # from the header (a tiny payload could otherwise declare a huge tensor).
+        if reader.remaining != 4 * math.prod(kept_shape):
+            raise PayloadError(
+                f"{what}: body has {reader.remaining} bytes, the declared shape {shape} needs "
+                f"{4 * math.prod(kept_shape)}"
+            )
+        per_channel = math.prod(shape[2:])
+        values = reader.view(math.prod(kept_shape), "<f4").reshape(
+            shape[0], kept_shape[1], per_channel
+        )
         reader.finish()
-        out = torch.zeros(shape, dtype=torch.float32)
-        out[:, mask] = values
-        return out
+        # One pass, in NumPy (single-threaded: a multi-threaded torch op can stall for a
+        # scheduler time slice on a loaded machine): the kept channels, read straight from the
+        # payload, around a zero group.
+        out = np.empty((shape[0], channels, per_channel), dtype=np.float32)
+        out[:, :start] = values[:, :start]
+        out[:, start:stop] = 0.0
+        out[:, stop:] = values[:, start:]
+        return torch.from_numpy(out.reshape(shape))
 
     # ---------------------------------------------------------------------------- the cut
     def compress(
@@ -130,7 +161,8 @@ class DropGroupScheme(Scheme):
         data = self._encode(x, kind=KIND_FORWARD)
         self._client_shape = tuple(x.shape)
         channels = x.shape[1]
-        kept = int(self._mask(channels).sum())
+        start, stop = self._bounds(channels)
+        kept = channels - (stop - start)
         per_channel = x[0, 0].numel()
         self._stats = {
             "ratio": 1.0 - kept / channels,

@@ -60,14 +60,17 @@ class L1Scheme(Scheme):
         flat = flatten_batch(x, scheme=self.name).numpy()
         batch, d = flat.shape
         mask = flat != 0
-        counts = np.count_nonzero(mask, axis=1)
         positions = np.flatnonzero(mask)
+        # Per-sample counts from where each sample's positions end (cheaper than counting the
+        # mask row by row).
+        ends = np.searchsorted(positions, np.arange(1, batch + 1, dtype=np.int64) * d)
+        counts = np.diff(ends, prepend=0)
         payload = b"".join(
             (
                 encode_header(scheme_id=self.wire_id, kind=KIND_FORWARD, shape=x.shape),
                 encode_counts(counts, d=d),
                 encode_selection(positions, batch=batch, d=d, mask=mask),
-                flat.reshape(-1)[positions].astype("<f4", copy=False).tobytes(),
+                flat.reshape(-1)[positions].astype("<f4", copy=False).data,
             )
         )
         self._sent_shape = tuple(x.shape)
@@ -86,7 +89,7 @@ class L1Scheme(Scheme):
         shape, batch, d = read_batch_header(reader, scheme_id=self.wire_id, kind=KIND_FORWARD)
         counts = decode_counts(reader, batch=batch, d=d)
         positions = decode_selection(reader, counts=counts, batch=batch, d=d)
-        values = reader.array(int(counts.sum()), "<f4")
+        values = reader.array(int(counts.sum()), "<f4")  # aligned: fast scatter
         reader.finish()
         return scatter_values(positions, values, shape=shape)
 

@@ -14,8 +14,15 @@ from acpsl.cut.payload import PayloadReader, decode_header
 from acpsl.errors import ConfigError, PayloadError, TrainingError
 
 
-def flatten_batch(x: torch.Tensor, *, scheme: str) -> torch.Tensor:
+def flatten_batch(x: torch.Tensor, *, scheme: str, check_finite: bool = True) -> torch.Tensor:
     """``x`` as a contiguous float32 CPU tensor ``[B, d]``, checked to be finite.
+
+    Args:
+        x: the batch.
+        scheme: the scheme's name, for messages.
+        check_finite: ``False`` for a caller that checks finiteness itself from a pass it makes
+            anyway (quantization's min/max, top-k's sort); it must then call
+            :func:`raise_non_finite` on NaN or infinity.
 
     Raises:
         ConfigError: ``x`` is not a batch of at least one non-empty sample.
@@ -31,12 +38,21 @@ def flatten_batch(x: torch.Tensor, *, scheme: str) -> torch.Tensor:
     flat = x.detach().to("cpu", torch.float32).reshape(x.shape[0], -1).contiguous()
     # One cheap reduction first: a finite sum means every value is finite; only an overflowing
     # or non-finite sum needs the full elementwise check.
-    if not math.isfinite(float(flat.sum())) and not bool(torch.isfinite(flat).all()):
-        raise TrainingError(
-            f"{scheme}: the smashed data holds NaN or infinite values; lower the learning "
-            "rate or check the client model"
-        )
+    if (
+        check_finite
+        and not math.isfinite(float(flat.sum()))
+        and not bool(torch.isfinite(flat).all())
+    ):
+        raise_non_finite(scheme)
     return flat
+
+
+def raise_non_finite(scheme: str) -> None:
+    """Raise the :class:`TrainingError` of smashed data holding NaN or infinity."""
+    raise TrainingError(
+        f"{scheme}: the smashed data holds NaN or infinite values; lower the learning "
+        "rate or check the client model"
+    )
 
 
 def check_keep(*, k: int | None, keep_ratio: float | None, scheme: str) -> None:

@@ -22,7 +22,7 @@ from acpsl.cut.payload import KIND_FORWARD, PayloadReader, encode_header
 from acpsl.errors import ConfigError, PayloadError
 from acpsl.schemes.base import Scheme
 from acpsl.schemes.dense_grad import decode_dense_grad, encode_dense_grad
-from acpsl.schemes.perinstance import flatten_batch, read_batch_header
+from acpsl.schemes.perinstance import flatten_batch, raise_non_finite, read_batch_header
 from acpsl.schemes.registry import register
 from acpsl.schemes.sizes import table2_quant_bytes
 
@@ -36,21 +36,31 @@ def quantize(flat: torch.Tensor, *, bits: int) -> tuple[np.ndarray, np.ndarray, 
     Returns:
         ``(codes, lo, hi)``: integer codes ``[B, d]`` in ``[0, 2^b)`` (uint8 for ``b <= 8``,
         uint16 otherwise) and the per-row float32 minimum and maximum ``[B]``.
+
+    Raises:
+        TrainingError: a value is NaN or infinite (seen in the per-row minimum or maximum).
     """
     arr = flat.numpy()
     lo, hi = arr.min(axis=1), arr.max(axis=1)
-    work = flat
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):  # NaN propagates to min and max
+        raise_non_finite("quant")
+    # NumPy, single-threaded, in place: each multi-threaded torch op can stall for a scheduler
+    # time slice on a loaded machine, and this scheme makes several passes over the data.
+    # (The values are the same IEEE float32 operations either way.)
     if _overflows(lo, hi):
         # The range overflows float32 (values near +-3.4e38): bin in float64 instead.
-        work = flat.double()
-    lo_w = torch.from_numpy(lo).to(work.dtype).unsqueeze(1)
-    step = (torch.from_numpy(hi).to(work.dtype).unsqueeze(1) - lo_w) / 2**bits
-    step = torch.where(step > 0, step, torch.ones_like(step))
+        work = arr.astype(np.float64)
+    else:
+        work = np.empty_like(arr)
+    lo_w = lo.astype(work.dtype)[:, None]
+    step = (hi.astype(work.dtype)[:, None] - lo_w) / 2**bits
+    step = np.where(step > 0, step, np.ones_like(step))
     # (o - min) / step >= 0 (o >= min, and float subtraction is monotone), so the integer
     # cast's truncation is eq. 2's floor; only the maximum (exactly 2^b) needs clipping.
-    scaled = (work - lo_w).div_(step).clamp_(max=2**bits - 1)
-    # NumPy's float -> integer cast is several times faster than torch's here.
-    return scaled.numpy().astype(np.uint8 if bits <= 8 else np.uint16), lo, hi
+    np.subtract(arr if work.dtype == arr.dtype else work, lo_w, out=work)
+    np.divide(work, step, out=work)
+    np.minimum(work, 2**bits - 1, out=work)
+    return work.astype(np.uint8 if bits <= 8 else np.uint16), lo, hi
 
 
 def dequantize(codes: np.ndarray, *, lo: np.ndarray, hi: np.ndarray, bits: int) -> torch.Tensor:
@@ -63,12 +73,13 @@ def dequantize(codes: np.ndarray, *, lo: np.ndarray, hi: np.ndarray, bits: int) 
         bits: ``b``.
     """
     wide = _overflows(lo, hi)
-    rebuilt = torch.from_numpy(codes.astype(np.float64 if wide else np.float32))
-    lo_w = torch.from_numpy(lo).to(rebuilt.dtype).unsqueeze(1)
-    step = (torch.from_numpy(hi).to(rebuilt.dtype).unsqueeze(1) - lo_w) / 2**bits
+    rebuilt = codes.astype(np.float64 if wide else np.float32)
+    lo_w = lo.astype(rebuilt.dtype)[:, None]
+    step = (hi.astype(rebuilt.dtype)[:, None] - lo_w) / 2**bits
     # min + c step + step / 2: two passes over the codes instead of four
-    rebuilt.mul_(step).add_(lo_w + step / 2)
-    return rebuilt.to(torch.float32)
+    np.multiply(rebuilt, step, out=rebuilt)
+    np.add(rebuilt, lo_w + step / 2, out=rebuilt)
+    return torch.from_numpy(rebuilt.astype(np.float32, copy=False))
 
 
 def _overflows(lo: np.ndarray, hi: np.ndarray) -> bool:
@@ -100,9 +111,9 @@ class QuantizationScheme(Scheme):
     def compress(
         self, x: torch.Tensor, *, labels: torch.Tensor | None = None, training: bool = True
     ) -> bytes:
-        flat = flatten_batch(x, scheme=self.name)
+        flat = flatten_batch(x, scheme=self.name, check_finite=False)
         batch, d = flat.shape
-        codes, lo, hi = quantize(flat, bits=self.bits)
+        codes, lo, hi = quantize(flat, bits=self.bits)  # lo, hi are NaN/inf iff some value is
         payload = b"".join(
             (
                 encode_header(scheme_id=self.wire_id, kind=KIND_FORWARD, shape=x.shape),

@@ -23,7 +23,7 @@ import torch
 
 from acpsl.errors import ConfigError
 from acpsl.schemes.registry import register
-from acpsl.schemes.selection import SelectionScheme, topk_mask
+from acpsl.schemes.selection import SelectionScheme, topk_mask, topk_mask_np
 
 
 def randtopk_mask(
@@ -40,38 +40,76 @@ def randtopk_mask(
     Returns:
         ``[B, d]`` bool mask with exactly ``k`` entries set per row.
     """
+    mask, _ = randtopk_select(flat.detach().cpu().numpy(), k=k, alpha=alpha, generator=generator)
+    return torch.from_numpy(mask)
+
+
+def randtopk_select(
+    flat: np.ndarray, *, k: int, alpha: float, generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`randtopk_mask` on a float32 ``[B, d]`` array, also returning the selection's
+    ascending flat positions (built from the per-row picks, without a scan of the mask)."""
     batch, d = flat.shape
-    mask = topk_mask(flat, k=k)
-    top = mask.clone()
-    top_idx = torch.from_numpy(np.flatnonzero(mask.numpy()) % d).reshape(batch, k)
+    mask = topk_mask_np(flat, k=k)
     counts = torch.full((batch,), float(k))
     m = torch.binomial(counts, torch.full((batch,), float(alpha)), generator=generator)
     m = m.to(torch.int64).clamp_(max=d - k)
     most = int(m.max()) if batch else 0
+    positions = np.flatnonzero(mask)
     if most == 0:
-        return mask
-    take = torch.arange(most).expand(batch, most) < m.unsqueeze(1)
+        return mask, positions
+    m_np = m.numpy()
+    top_idx = (positions % d).reshape(batch, k)  # each row's top-k, ascending
+    rows_d = (np.arange(batch, dtype=np.int64) * d)[:, None]
     # Keep k - m uniform members of the top-k pool = drop m uniform ones: the m smallest of
-    # k random keys (a top-k of size max(m), cheaper than a permutation of all k).
+    # k random keys.
     drop_keys = torch.rand(batch, k, generator=generator)
-    drop = drop_keys.topk(most, dim=1, largest=False, sorted=True).indices
-    mask.scatter_(1, top_idx.gather(1, drop), ~take)
-    # m uniform members of the rest pool.
+    dropped = _smallest(drop_keys, m_np, most=most)
+    # m uniform members of the rest pool (the top-k mask is still unmodified here).
     if 4 * most <= d - k:
-        rest, take_rest = _sample_rest_by_rejection(top=top, m=m, generator=generator)
+        rest, take_rest = _sample_rest_by_rejection(top=mask, m=m_np, generator=generator)
     else:  # a large share of the pool: the m smallest of d random keys, top-k keys pushed out
         keys = torch.rand(batch, d, generator=generator)
-        keys.scatter_(1, top_idx, 2.0)
-        rest = keys.topk(most, dim=1, largest=False, sorted=True).indices
-        take_rest = take
-    rows, cols = take_rest.nonzero(as_tuple=True)
-    mask[rows, rest[rows, cols]] = True
-    return mask
+        keys.scatter_(1, torch.from_numpy(top_idx), 2.0)
+        rest = keys.topk(most, dim=1, largest=False, sorted=True).indices.numpy()
+        take_rest = np.arange(most) < m_np[:, None]
+    picks = rest[take_rest]  # row-major: m[b] picks of row b, like the dropped slots below
+    flat_mask = mask.reshape(-1)
+    flat_mask[(top_idx + rows_d)[dropped]] = False
+    selected = top_idx.copy()
+    selected[dropped] = picks
+    flat_mask[(selected + rows_d)[dropped]] = True
+    selected.sort(axis=1)
+    return mask, (selected + rows_d).reshape(-1)
+
+
+def _smallest(keys: torch.Tensor, m: np.ndarray, *, most: int) -> np.ndarray:
+    """Bool ``[B, k]``: the ``m[b]`` smallest of each row of ``keys`` (uniform random floats).
+
+    Found as ``keys <= `` the row's ``m[b]``-th smallest key (a NumPy sort of the small
+    ``[B, k]`` keys). Only when the ``m[b]``-th and the next smallest key of some row are equal
+    does the choice between them depend on tie order; then, to keep exactly the selection of
+    ``torch.topk`` (which this replaces), that tie is left to ``torch.topk`` itself.
+    """
+    batch, k = keys.shape
+    arr = keys.numpy()
+    ordered = np.sort(arr, axis=1)
+    rows = np.arange(batch)
+    has = m > 0
+    kth = np.where(has, ordered[rows, np.maximum(m - 1, 0)], -1.0).astype(arr.dtype)
+    after = ordered[rows, np.minimum(m, k - 1)]
+    if bool((has & (m < k) & (after == kth)).any()):
+        drop = keys.topk(most, dim=1, largest=False, sorted=True).indices.numpy()
+        out = np.zeros((batch, k), dtype=bool)
+        take = np.arange(most) < m[:, None]
+        np.put_along_axis(out, drop, take, axis=1)
+        return out
+    return arr <= kth[:, None]
 
 
 def _sample_rest_by_rejection(
-    *, top: torch.Tensor, m: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+    *, top: np.ndarray, m: np.ndarray, generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row ``b``, ``m[b]`` distinct uniform positions where ``top`` is ``False``.
 
     Draws positions uniformly with replacement and keeps, per row, the first ``m[b]`` distinct
@@ -86,18 +124,22 @@ def _sample_rest_by_rejection(
     """
     batch, d = top.shape
     length = 2 * int(m.max()) + 16
-    positions = torch.zeros(batch, length, dtype=torch.int64)
-    take = torch.zeros(batch, length, dtype=torch.bool)
-    todo = torch.arange(batch)
-    order = torch.arange(length)
-    while todo.numel():
-        rows = todo.numel()
-        cand = torch.randint(0, d, (rows, length), generator=generator)
-        first = torch.full((rows, d), length, dtype=torch.int64)
-        first.scatter_reduce_(1, cand, order.expand(rows, length), reduce="amin")
-        valid = (first.gather(1, cand) == order) & ~top[todo].gather(1, cand)
-        rank = valid.cumsum(dim=1)
-        want = m[todo].unsqueeze(1)
+    positions = np.zeros((batch, length), dtype=np.int64)
+    take = np.zeros((batch, length), dtype=bool)
+    todo = np.arange(batch)
+    order = np.arange(length)
+    top_flat = top.reshape(-1)
+    # Scratch: per position, the first draw (of this round) that hit it.
+    first = np.full(batch * d, length, dtype=np.int16 if length < 2**15 else np.int64)
+    while todo.size:
+        rows = todo.size
+        cand = torch.randint(0, d, (rows, length), generator=generator).numpy()
+        lin = cand + (todo * d)[:, None]
+        np.minimum.at(first, lin.reshape(-1), np.tile(order.astype(first.dtype), rows))
+        valid = (first[lin] == order) & ~top_flat[lin]
+        first[lin] = length  # reset the scratch for a redraw
+        rank = valid.cumsum(axis=1)
+        want = m[todo][:, None]
         done = rank[:, -1] >= want[:, 0]
         positions[todo[done]] = cand[done]
         take[todo[done]] = (valid & (rank <= want))[done]
@@ -139,6 +181,13 @@ class RandTopkScheme(SelectionScheme):
         if not training or self.alpha == 0.0:
             return topk_mask(flat, k=k)
         return randtopk_mask(flat, k=k, alpha=self.alpha, generator=self.generator)
+
+    def select_positions(
+        self, flat: torch.Tensor, *, k: int, training: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if not training or self.alpha == 0.0:
+            return super().select_positions(flat, k=k, training=training)
+        return randtopk_select(flat.numpy(), k=k, alpha=self.alpha, generator=self.generator)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.generator.get_state()}

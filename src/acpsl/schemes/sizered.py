@@ -4,12 +4,23 @@ last ``d - k`` entries are masked, so their gradient means nothing to the client
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from acpsl.cut.payload import KIND_FORWARD, KIND_GRAD, PayloadReader, encode_header, float32_bytes
+from acpsl.cut.payload import (
+    KIND_FORWARD,
+    KIND_GRAD,
+    PayloadReader,
+    encode_header,
+)
 from acpsl.errors import PayloadError, TrainingError
 from acpsl.schemes.base import Scheme
-from acpsl.schemes.perinstance import check_keep, flatten_batch, read_batch_header, resolve_k
+from acpsl.schemes.perinstance import (
+    check_keep,
+    flatten_batch,
+    read_batch_header,
+    resolve_k,
+)
 from acpsl.schemes.registry import register
 from acpsl.schemes.sizes import FLOAT_BYTES, table2_sizered_bytes
 
@@ -23,7 +34,7 @@ def _encode(
             encode_header(scheme_id=wire_id, kind=kind, shape=shape),
             int(k).to_bytes(4, "little"),
             int(d).to_bytes(4, "little"),
-            float32_bytes(flat[:, :k]),
+            np.ascontiguousarray(flat.numpy()[:, :k]).astype("<f4", copy=False).data,
         )
     )
 
@@ -33,13 +44,20 @@ def _decode(data: bytes, *, wire_id: int, kind: int, what: str) -> tuple[torch.T
     shape, batch, d = read_batch_header(reader, scheme_id=wire_id, kind=kind)
     k = reader.u32()
     # d is repeated in the body so that a corrupted shape cannot pass as a huge valid tensor.
-    if reader.u32() != d or k > d:
+    # k = 0 is never written (an encoder keeps at least one value) and would let a tiny
+    # payload ask for a huge all-zero tensor.
+    if reader.u32() != d or not 1 <= k <= d:
         raise PayloadError(f"{what}: body does not match the declared shape {shape}")
-    values = reader.float32(batch * k)
+    if reader.remaining != 4 * batch * k:
+        raise PayloadError(
+            f"{what}: body has {reader.remaining} bytes of values, shape {shape} with k={k} "
+            f"needs {4 * batch * k}"
+        )
+    values = reader.view(batch * k, "<f4").reshape(batch, k)
     reader.finish()
-    out = torch.zeros(batch, d)
-    out[:, :k] = values.reshape(batch, k)
-    return out.reshape(shape), k
+    out = np.zeros((batch, d), dtype=np.float32)
+    out[:, :k] = values  # copied straight from the payload
+    return torch.from_numpy(out).reshape(shape), k
 
 
 @register("sizered")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from functools import lru_cache
 
 from acpsl.cut.bitpack import packed_size
 from acpsl.cut.indices import counts_size, index_width, selection_size
@@ -28,6 +29,7 @@ FLOAT_BYTES = 4
 
 
 # ------------------------------------------------------------------------------ bounds
+@lru_cache(maxsize=1 << 14)
 def log2_binomial(d: int, k: int) -> float:
     """``log2 C(d, k)`` via ``math.lgamma`` (exact enough for any cut size, never overflows)."""
     if not 0 <= k <= d:

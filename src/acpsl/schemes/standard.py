@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from acpsl.cut.payload import (
@@ -10,7 +12,7 @@ from acpsl.cut.payload import (
     PayloadReader,
     decode_header,
     encode_header,
-    float32_bytes,
+    float32_array,
 )
 from acpsl.schemes.base import Scheme
 from acpsl.schemes.registry import register
@@ -18,17 +20,17 @@ from acpsl.schemes.registry import register
 
 def encode_dense(x: torch.Tensor, *, scheme_id: int, kind: int) -> bytes:
     """Header + every value of ``x`` as little-endian float32."""
-    return encode_header(scheme_id=scheme_id, kind=kind, shape=x.shape) + float32_bytes(x)
+    # join copies the array's buffer straight into the payload: one copy of the values.
+    return b"".join(
+        (encode_header(scheme_id=scheme_id, kind=kind, shape=x.shape), float32_array(x).data)
+    )
 
 
 def decode_dense(data: bytes, *, scheme_id: int, kind: int, what: str) -> torch.Tensor:
     """Inverse of :func:`encode_dense`, validating the length exactly."""
     reader = PayloadReader(data, what=what)
     shape = decode_header(reader, scheme_id=scheme_id, kind=kind)
-    numel = 1
-    for s in shape:
-        numel *= s
-    values = reader.float32(numel)
+    values = reader.float32(math.prod(shape))
     reader.finish()
     return values.reshape(shape)
 
