@@ -223,3 +223,46 @@ def test_splitfed_aggregate_gives_every_client_the_size_weighted_average():
 def test_optimizer_needs_parameters():
     with pytest.raises(ConfigError, match="no trainable parameters"):
         make_optimizer([], config=TrainConfig())
+
+
+def test_server_refuses_unusable_batches_before_touching_the_model():
+    from acpsl.cut.payload import KIND_FORWARD
+    from acpsl.engine.server import NonFiniteSmashedError
+    from acpsl.schemes.standard import StandardScheme, encode_dense
+
+    _, client, server, _, _ = make_pair()
+    assert server.num_classes == 10  # the width of the classifier head
+    before = {k: v.clone() for k, v in server.model.state_dict().items()}
+
+    def dense(x):
+        return encode_dense(x, scheme_id=StandardScheme.wire_id, kind=KIND_FORWARD)
+
+    x, y = batch(4)
+    up = client.forward(x, y, t=1, total=1)
+    good = server.scheme(0).decompress(up.smashed)
+    cases = {
+        "empty batch": (dense(good[:0]), encode_labels(y[:0])),
+        "outside the 10 classes": (up.smashed, encode_labels(torch.tensor([0, 1, 10, 2]))),
+        "does not match": (up.smashed, encode_labels(y[:3])),
+    }
+    for message, (smashed, labels) in cases.items():
+        with pytest.raises(PayloadError, match=message):
+            server.step(0, smashed, labels)
+        with pytest.raises(PayloadError, match=message):
+            server.evaluate(0, smashed, labels)
+    for bad in (float("nan"), float("inf")):
+        poisoned = good.clone()
+        poisoned[1, 0, 0, 0] = bad
+        with pytest.raises(NonFiniteSmashedError, match="lower the learning rate") as info:
+            server.step(0, dense(poisoned), up.labels)
+        # refused as input (PayloadError, a ValueError) and, in process, a TrainingError
+        assert isinstance(info.value, PayloadError) and isinstance(info.value, ValueError)
+        assert isinstance(info.value, TrainingError)
+    # finite but huge inputs overflow to a non-finite loss: refused, nothing applied
+    with pytest.raises(TrainingError, match="non-finite training loss"):
+        server.step(0, dense(torch.full_like(good, 3e38)), up.labels)
+    for key, value in server.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not server.optimizer.state  # no optimizer step was ever taken
+    down, loss, _ = server.step(0, up.smashed, up.labels)  # and a good batch still trains
+    assert down and loss > 0

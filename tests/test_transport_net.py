@@ -399,6 +399,18 @@ def test_malformed_and_oversized_payloads_rejected_while_good_client_continues(
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
             err = step(smashed=dense(31, 32, 14, 14))  # 31 samples, 32 labels
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "labels" in err.details()
+            # inputs that used to kill the run (NaN loss) or the handler (IndexError)
+            err = step(smashed=dense(0, 32, 14, 14), labels=encode_labels(torch.zeros(0)))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "empty" in err.details()
+            err = step(smashed=dense(32, 32, 14, 14), labels=encode_labels(torch.full((32,), 10)))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "classes" in err.details()
+            nan = encode_dense(
+                torch.full((32, 32, 14, 14), float("nan")),
+                scheme_id=StandardScheme.wire_id,
+                kind=KIND_FORWARD,
+            )
+            err = step(smashed=nan)
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in err.details()
             err = step(smashed=b"\0" * (limit + 1))
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             err = step(smashed=dense(32, 32, 14, 14), turn=task.turn + 99)
@@ -411,7 +423,8 @@ def test_malformed_and_oversized_payloads_rejected_while_good_client_continues(
     finally:
         server.stop()
     rejected = server.coordinator.rejected
-    assert rejected == {"INVALID_ARGUMENT": 5, "FAILED_PRECONDITION": 1}
+    assert rejected == {"INVALID_ARGUMENT": 8, "FAILED_PRECONDITION": 1}
+    assert server.coordinator.error is None
     records = read_jsonl(tmp_path / "net" / "records.jsonl")
     assert [r["clients_dropped"] for r in records] == [[1], [1]]
     # only the good client's payloads were accepted and counted: 4 batches (32,32,32,24)
@@ -422,12 +435,14 @@ def test_malformed_and_oversized_payloads_rejected_while_good_client_continues(
     assert records[0]["iteration"] == len(sizes)
 
 
-def _openssl_cert(folder: Path, name: str) -> tuple[Path, Path]:
+def _openssl_cert(
+    folder: Path, name: str, san: str = "IP:127.0.0.1,DNS:localhost"
+) -> tuple[Path, Path]:
     key, cert = folder / f"{name}.key", folder / f"{name}.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+         "-addext", f"subjectAltName={san}"],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     return cert, key
@@ -569,3 +584,201 @@ def test_splitfed_over_the_network_matches_in_process_engine(tmp_path: Path) -> 
     assert_same_records(net, reference_records(config, tmp_path / "ref"))
     # uploads + downloads of the average, counted like in-process; all crossed the wire
     assert all(r["bytes_wire_model"] > r["bytes_model"] > 0 for r in net)
+
+
+# --------------------------------------------------------- server-side checks, no network
+@needs_mnist
+def test_evaluation_uses_server_labels_and_hand_back_is_all_or_nothing(tmp_path: Path) -> None:
+    from acpsl.cut.state import decode_state_dict, encode_state_dict
+    from acpsl.errors import CheckpointError, PayloadError
+    from acpsl.transport.backend import _client_state
+
+    out = tmp_path / "net"
+    backend = EngineServerBackend(config=small_config(clients=1, rounds=1), out_dir=out, log=None)
+    try:
+        with pytest.raises(CheckpointError, match="another acpsl serve"):
+            EngineServerBackend(config=small_config(clients=1), out_dir=out, log=None)
+        run = backend.run
+        runtime = run.clients[0]
+        # -- evaluation: in order, against the server's own test labels, all batches
+        backend.begin_eval(client_id=0)
+        x, y = run.test_set.batch(torch.arange(0, 32))
+        payload = runtime.encode_eval(x)
+        with pytest.raises(PayloadError, match="do not match the server's test set"):
+            backend.eval_step(
+                client_id=0, smashed=payload, labels=encode_labels((y + 1) % 10), uncompressed=False
+            )
+        backend.eval_step(client_id=0, smashed=payload, labels=encode_labels(y), uncompressed=False)
+        assert backend.eval_progress() == (1, 4)  # 100 test samples, batch 32
+        with pytest.raises(PayloadError, match="test batch 1"):  # batch 0 again: out of order
+            backend.eval_step(
+                client_id=0, smashed=payload, labels=encode_labels(y), uncompressed=False
+            )
+        with pytest.raises(PayloadError, match="does not evaluate uncompressed"):
+            backend.eval_step(client_id=0, smashed=payload, labels=b"", uncompressed=True)
+        with pytest.raises(CheckpointError, match="no complete evaluation"):
+            backend.finish_round(round=1, wire={})
+        # -- hand-back: validated as a whole before anything is loaded
+        before = {k: v.clone() for k, v in runtime.model.state_dict().items()}
+        good = decode_state_dict(runtime.export_state(with_optimizer=True))
+        keys = list(good["model"])
+
+        def handed(change: Any) -> bytes:
+            state = decode_state_dict(runtime.export_state(with_optimizer=True))
+            for key in keys[:-1]:
+                state["model"][key] = state["model"][key] + 1  # a partial load would show
+            change(state)
+            return encode_state_dict(state)
+
+        def wrong_shape(state: dict[str, Any]) -> None:
+            state["model"][keys[-1]] = torch.zeros(3)
+
+        def not_finite(state: dict[str, Any]) -> None:
+            state["model"][keys[-1]] = torch.full_like(state["model"][keys[-1]], float("nan"))
+
+        def wrong_dtype(state: dict[str, Any]) -> None:
+            state["model"][keys[-1]] = state["model"][keys[-1]].double()
+
+        client_state = _client_state(runtime, splitfed=False)
+        for change, message in ((wrong_shape, "shape|does not fit"), (not_finite, "NaN"),
+                                (wrong_dtype, "float64")):  # fmt: skip
+            with pytest.raises(PayloadError, match=message):
+                backend.finish_turn(
+                    client_id=0,
+                    model_state=handed(change),
+                    client_state=client_state,
+                    stats_json="",
+                )
+        with pytest.raises(PayloadError):  # a good model with a broken private state
+            backend.finish_turn(
+                client_id=0,
+                model_state=handed(lambda s: None),
+                client_state=b"junk",
+                stats_json="",
+            )
+        for key, value in runtime.model.state_dict().items():
+            assert torch.equal(value, before[key]), f"{key} changed by a refused hand-back"
+        backend.finish_turn(
+            client_id=0,
+            model_state=handed(lambda s: None),
+            client_state=client_state,
+            stats_json="",
+        )
+        assert torch.equal(runtime.model.state_dict()[keys[0]], before[keys[0]] + 1)
+    finally:
+        backend.close()
+    EngineServerBackend(
+        config=small_config(clients=1), out_dir=tmp_path / "other", log=None
+    ).close()
+
+
+class CliThread(threading.Thread):
+    """``acpsl ARGV`` (the real command line) in a thread of this process."""
+
+    def __init__(self, argv: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.argv = argv
+        self.code: int | None = None
+
+    def run(self) -> None:
+        from acpsl.cli import main
+
+        with one_thread():
+            self.code = main(self.argv)
+
+    def finish(self, timeout: float = 120.0) -> int | None:
+        self.join(timeout)
+        assert not self.is_alive(), f"acpsl {self.argv[0]} did not finish in time"
+        return self.code
+
+
+class _OneSlot:
+    """Just enough of a backend to build a SplitServer (which binds its port)."""
+
+    num_clients = 1
+
+
+def spawn_server(config: TrainConfig, out: Path, port_file: Path, *extra: str) -> Any:
+    port_file.unlink(missing_ok=True)
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "acpsl", "serve", "--out", str(out)),
+            *("--port-file", str(port_file), "--token", TOKEN, "--client-timeout", "60"),
+            *extra,
+            *cli_args(config),
+        ],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_port(server: subprocess.Popen[str], port_file: Path, timeout: float = 90) -> int:
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            pytest.fail("server did not start:\n" + finish_process(server))
+        time.sleep(0.05)
+    return int(port_file.read_text())
+
+
+@needs_mnist
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not available")
+def test_tls_server_cert_cli_and_server_sigkill_then_resume(tmp_path: Path) -> None:
+    """The documented setup (server certificate only, via the CLI flags), and a server
+    process killed with SIGKILL mid-run, restarted with ``acpsl serve --resume``."""
+    from acpsl.errors import CheckpointError, ConfigError
+
+    # the certificate names only "acpsl-test": dialling 127.0.0.1 needs --tls-server-name
+    cert, key = _openssl_cert(tmp_path, "acpsl-test", san="DNS:acpsl-test")
+    config = small_config(clients=1, rounds=3)
+    out, port_file = tmp_path / "net", tmp_path / "port"
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    server = spawn_server(config, out, port_file, "--port", "0", *tls)
+    procs = [server]
+    try:
+        port = wait_port(server, port_file)
+        address = f"127.0.0.1:{port}"
+        # a second server on the same port, or on the same run directory, is refused
+        with pytest.raises(ConfigError, match="already running on that port"):
+            SplitServer(backend=_OneSlot(), options=ServerOptions(port=port))  # type: ignore[arg-type][arg-type]
+        with pytest.raises(CheckpointError, match="another acpsl serve"):
+            EngineServerBackend(config=config, out_dir=out, resume=True, log=None)
+        # without the name override the certificate does not match the address
+        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(address, creds) as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.SplitLearningStub(channel).GetConfig(
+                    pb.ConfigRequest(version=__version__), metadata=token_metadata(TOKEN), timeout=5
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        # the client CLI (in a thread: one process start less), TLS from its flags
+        argv = ["client", "--server", address, "--token", TOKEN, "--connect-timeout", "60"]
+        client = CliThread([*argv, "--tls-ca", str(cert), "--tls-server-name", "acpsl-test"])
+        client.start()
+        records = out / "records.jsonl"
+        deadline = time.monotonic() + 120
+        checkpoint = out / "checkpoint.pt"
+        while not (checkpoint.exists() and records.read_text().count("\n") >= 1):
+            assert server.poll() is None, finish_process(server)
+            assert time.monotonic() < deadline, "round 1 never finished"
+            time.sleep(0.01)
+        server.send_signal(signal.SIGKILL)  # a real crash: no stop(), no cleanup
+        server.wait(30)
+        assert len(read_jsonl(records)) < 3, "the server finished before it could be killed"
+        second = spawn_server(config, out, port_file, "--resume", "--port", str(port), *tls)
+        procs.append(second)
+        second_out = finish_process(second)
+        assert client.finish() == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert server.returncode == -signal.SIGKILL
+    assert second.returncode == 0, second_out
+    assert f"resuming {out} after round" in second_out
+    net = read_jsonl(out / "records.jsonl")
+    assert [r["round"] for r in net] == [1, 2, 3]  # no gap, no duplicate
+    assert_same_records(net, reference_records(config, tmp_path / "ref"))

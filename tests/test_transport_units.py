@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +227,230 @@ def test_cli_registers_serve_and_client() -> None:
     assert (args.command, args.server, args.client_id) == ("client", "127.0.0.1:1", 2)
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--port", "1"])  # --out is required
+
+
+# ------------------------------------------------------------------ binding, run directory
+def test_second_server_on_the_same_port_fails_with_a_clear_error() -> None:
+    from acpsl.transport.server import ServerOptions, SplitServer
+
+    first = SplitServer(backend=_Backend(), options=ServerOptions(port=0))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(ConfigError, match=r"another server .* Stop it, or choose another"):
+            SplitServer(backend=_Backend(), options=ServerOptions(port=first.port))  # type: ignore[arg-type]
+    finally:
+        first.stop()
+
+
+def test_run_directory_lock_keeps_a_second_server_out(tmp_path: Path) -> None:
+    from acpsl.errors import CheckpointError
+    from acpsl.transport.backend import RunDirLock
+
+    lock = RunDirLock(tmp_path)
+    with pytest.raises(CheckpointError, match=r"another acpsl serve \(pid \d+\).*--out"):
+        RunDirLock(tmp_path)
+    lock.release()
+    lock.release()  # idempotent
+    RunDirLock(tmp_path).release()  # free again
+
+
+# ------------------------------------------------------------------ coordinator semantics
+class _Driven:
+    """A whole ServerBackend in memory: 1 client, 1 round, 2 eval batches; slow steps."""
+
+    num_clients = 1
+    rounds = 1
+    total_iterations = 100
+
+    def __init__(self) -> None:
+        self.t = 0
+        self.applied: list[int] = []
+        self.evals = 0
+        self.abandoned = 0
+        self.round_done = False
+
+    next_round = 1
+
+    @property
+    def iteration(self) -> int:
+        return self.t
+
+    def config_toml(self) -> str:
+        return ""
+
+    def on_join(self, *, client_id: int, fresh: bool) -> None:
+        pass
+
+    def begin_round(self, *, round: int) -> None:
+        pass
+
+    def begin_turn(self, *, client_id: int, round: int) -> Any:
+        from acpsl.transport.coordinator import TurnStart
+
+        return TurnStart()
+
+    def train_step(self, *, client_id: int, t: int, smashed: bytes, labels: bytes) -> bytes:
+        from acpsl.errors import TrainingError
+
+        if smashed == b"bad":
+            raise PayloadError("bad payload")
+        if smashed == b"nan":
+            raise TrainingError("non-finite training loss (nan)")
+        time.sleep(0.2)  # long enough for a second identical call to arrive meanwhile
+        self.t = t
+        self.applied.append(t)
+        return b"grad"
+
+    def finish_turn(self, **_: Any) -> None:
+        pass
+
+    def abandon_turn(self, *, client_id: int) -> None:
+        self.abandoned += 1
+
+    def skip_turn(self, *, client_id: int) -> None:
+        pass
+
+    def end_training(self, *, round: int) -> None:
+        pass
+
+    def begin_eval(self, *, client_id: int) -> Any:
+        from acpsl.transport.coordinator import TurnStart
+
+        self.evals = 0
+        return TurnStart()
+
+    def eval_step(self, **_: Any) -> tuple[float, int]:
+        self.evals += 1
+        return 0.0, 0
+
+    def eval_progress(self) -> tuple[int, int]:
+        return self.evals, 2
+
+    def finish_round(self, *, round: int, wire: dict[str, int]) -> dict[str, Any]:
+        self.round_done = True
+        return {"round": round}
+
+    def finish_run(self) -> None:
+        pass
+
+
+def _driven(offset: list[float]) -> tuple[Coordinator, _Driven, pb.Session, Any]:
+    backend = _Driven()
+    coordinator = Coordinator(
+        backend=backend,  # type: ignore[arg-type]
+        timing=Timing(client_timeout=5.0, poll_s=0.05, rejoin_timeout=1.0),
+        clock=lambda: time.monotonic() + offset[0],
+    )
+    driver = threading.Thread(target=coordinator.run, daemon=True)
+    driver.start()
+    session = coordinator.join(pb.JoinRequest(requested_id=0, version=__version__)).session
+    return coordinator, backend, session, driver
+
+
+def _next(coordinator: Coordinator, session: pb.Session, kind: int) -> pb.Task:
+    for _ in range(200):
+        task = coordinator.next_task(pb.TaskRequest(session=session))
+        if task.kind == kind:
+            return task
+    raise AssertionError(f"no {pb.Task.Kind.Name(kind)} task came")
+
+
+def test_two_concurrent_identical_steps_apply_exactly_once_and_bad_steps_keep_the_run() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    coordinator, backend, session, driver = _driven([0.0])
+    task = _next(coordinator, session, pb.Task.TRAIN)
+
+    def step(t: int, smashed: bytes = b"x") -> str:
+        try:
+            coordinator.step(pb.StepRequest(session=session, turn=task.turn, t=t, smashed=smashed))
+        except RpcReject as exc:
+            return exc.code
+        return "OK"
+
+    with ThreadPoolExecutor(2) as pool:
+        results = sorted(pool.map(step, [1, 1]))
+    assert results == ["INVALID_ARGUMENT", "OK"]
+    assert backend.applied == [1] and backend.iteration == 1
+    # unusable input: refused (the service makes it INVALID_ARGUMENT), the run goes on
+    with pytest.raises(PayloadError):
+        step(2, b"bad")
+    # one non-finite loss: refused, not applied, the run goes on
+    assert step(2, b"nan") == "INVALID_ARGUMENT" and coordinator.error is None
+    assert step(2) == "OK" and backend.applied == [1, 2]
+    # finish_eval before every test batch is refused; the turn stays open
+    coordinator.finish_turn(pb.TurnResult(session=session, turn=task.turn))
+    ev = _next(coordinator, session, pb.Task.EVAL)
+    done = pb.EvalDone(session=session, turn=ev.turn)
+    assert _code(coordinator.finish_eval, done) == "FAILED_PRECONDITION"
+    coordinator.eval_step(pb.EvalRequest(session=session, turn=ev.turn))
+    assert _code(coordinator.finish_eval, done) == "FAILED_PRECONDITION"
+    # the client gives the evaluation up (asks for a new task): it is offered once more
+    again = _next(coordinator, session, pb.Task.EVAL)
+    assert again.turn != ev.turn
+    assert _code(coordinator.eval_step, pb.EvalRequest(session=session, turn=ev.turn)) == (
+        "FAILED_PRECONDITION"
+    )
+    for _ in range(2):
+        coordinator.eval_step(pb.EvalRequest(session=session, turn=again.turn))
+    coordinator.finish_eval(pb.EvalDone(session=session, turn=again.turn))
+    driver.join(10)
+    assert not driver.is_alive() and coordinator.error is None and backend.round_done
+    assert coordinator.rejected == {}  # counted by the service, not here
+
+
+def test_non_finite_losses_in_a_row_stop_the_run() -> None:
+    coordinator, backend, session, driver = _driven([0.0])
+    task = _next(coordinator, session, pb.Task.TRAIN)
+    request = pb.StepRequest(session=session, turn=task.turn, t=1, smashed=b"nan")
+    assert [_code(coordinator.step, request) for _ in range(3)] == [
+        "INVALID_ARGUMENT",
+        "INVALID_ARGUMENT",
+        "ABORTED",
+    ]
+    driver.join(10)
+    assert "3 steps in a row" in str(coordinator.error)
+    assert backend.applied == []
+
+
+def test_a_step_checked_after_its_turn_was_dropped_is_not_applied() -> None:
+    offset = [0.0]
+    coordinator, backend, session, driver = _driven(offset)
+    task = _next(coordinator, session, pb.Task.TRAIN)
+    codes: list[str] = []
+
+    def late_step() -> None:
+        request = pb.StepRequest(session=session, turn=task.turn, t=1, smashed=b"x")
+        codes.append(_code(coordinator.step, request))
+
+    with coordinator._compute:  # the server is busy: the step queues before its check
+        late = threading.Thread(target=late_step)
+        late.start()
+        offset[0] += 10.0  # ... and meanwhile the client's silence exceeds client_timeout
+        deadline = time.monotonic() + 10
+        while coordinator._slots[0].alive:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    late.join(10)
+    assert codes == ["PERMISSION_DENIED"] and backend.applied == []
+    coordinator.stop()
+    driver.join(10)
+
+
+def test_cli_tls_flags_parse_and_are_checked(tmp_path: Path) -> None:
+    from acpsl.cli import build_parser
+    from acpsl.transport.cli import run_serve
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["client", "--server", "127.0.0.1:1", "--tls-ca", "ca.pem", "--tls-server-name", "srv"]
+    )
+    assert (args.tls_ca, args.tls_server_name, args.tls_cert, args.tls_key) == (
+        "ca.pem",
+        "srv",
+        None,
+        None,
+    )
+    args = parser.parse_args(["serve", "--out", str(tmp_path), "--tls-client-ca", "ca.pem"])
+    with pytest.raises(ConfigError, match="--tls-client-ca needs TLS"):
+        run_serve(args)
+    assert not (tmp_path / "serve.lock").exists()  # refused before touching the run directory

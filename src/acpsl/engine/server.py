@@ -19,6 +19,24 @@ from acpsl.errors import PayloadError, TrainingError
 from acpsl.schemes.base import Scheme
 
 
+class NonFiniteSmashedError(PayloadError, TrainingError):
+    """Smashed data holding NaN or infinity.
+
+    A :class:`~acpsl.errors.PayloadError` (the server refuses the input: over the network the
+    request is rejected and the run goes on) and a :class:`~acpsl.errors.TrainingError` (in
+    process it means the client model diverged, and the run stops as for a non-finite loss).
+    """
+
+
+def _infer_classes(model: nn.Module) -> int | None:
+    """Output width of the last ``nn.Linear`` of ``model`` (the classifier head), if any."""
+    last: int | None = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = int(module.out_features)
+    return last
+
+
 class ServerRuntime:
     """The server: its model part, its optimizer and a scheme instance per client.
 
@@ -30,6 +48,8 @@ class ServerRuntime:
         optimizer: optimizer over ``model``'s parameters.
         scheme_factory: builds a fresh server-side scheme instance (called once per client).
         device: where ``model`` lives.
+        num_classes: number of classes; labels outside ``[0, num_classes)`` are refused.
+            ``None``: the width of ``model``'s last ``nn.Linear``.
     """
 
     def __init__(
@@ -39,8 +59,10 @@ class ServerRuntime:
         optimizer: torch.optim.Optimizer,
         scheme_factory: Callable[[], Scheme],
         device: torch.device | str = "cpu",
+        num_classes: int | None = None,
     ) -> None:
         self.model = model
+        self.num_classes = num_classes if num_classes is not None else _infer_classes(model)
         self.optimizer = optimizer
         self.scheme_factory = scheme_factory
         self.device = torch.device(device)
@@ -53,12 +75,35 @@ class ServerRuntime:
         return self.schemes[client_id]
 
     def _inputs(self, client_id: int, smashed: bytes, labels: bytes) -> tuple[torch.Tensor, ...]:
-        x = self.scheme(client_id).decompress(smashed)
+        """Decode and check one batch: non-empty, as many labels as samples, labels in range,
+        finite values. Nothing of the model is touched before these checks pass.
+
+        Raises:
+            PayloadError: a payload is malformed or the batch is unusable (see above);
+                :class:`NonFiniteSmashedError` for NaN or infinite smashed data.
+        """
         y = decode_labels(labels)
+        who = f"client {client_id}"
+        if y.shape[0] == 0:
+            raise PayloadError(f"{who}: empty batch (0 labels); send at least one sample")
+        classes = self.num_classes
+        if classes is not None:
+            low, high = int(y.min()), int(y.max())
+            if low < 0 or high >= classes:
+                raise PayloadError(
+                    f"{who}: labels in [{low}, {high}] lie outside the {classes} classes "
+                    f"[0, {classes})"
+                )
+        x = self.scheme(client_id).decompress(smashed)
         if x.dim() == 0 or x.shape[0] != y.shape[0]:
             raise PayloadError(
-                f"client {client_id}: smashed data of shape {tuple(x.shape)} does not match "
-                f"{y.shape[0]} labels"
+                f"{who}: smashed data of shape {tuple(x.shape)} does not match {y.shape[0]} labels"
+            )
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise NonFiniteSmashedError(
+                f"{who}: smashed data holds {bad} NaN or infinite values (a diverged client "
+                "model: lower the learning rate (--lr))"
             )
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -75,16 +120,25 @@ class ServerRuntime:
             and how many samples the server model classified correctly.
 
         Raises:
-            PayloadError: if a payload is malformed.
-            TrainingError: if the loss is not finite.
+            PayloadError: if a payload is malformed or the batch unusable (empty, labels out
+                of range or not matching the samples, non-finite smashed data).
+            TrainingError: if the loss is not finite. The step is not applied: the model,
+                its buffers (batch-norm statistics) and the optimizer are left as they were.
         """
         self.model.train()
         x, y = self._inputs(client_id, smashed, labels)
         x.requires_grad_(True)
+        buffers = [b.detach().clone() for b in self.model.buffers()]
         logits = self.model(x)
+        if self.num_classes is None and int(y.max()) >= logits.shape[-1]:
+            self._restore_buffers(buffers)
+            raise PayloadError(
+                f"client {client_id}: labels up to {int(y.max())} for {logits.shape[-1]} classes"
+            )
         loss = F.cross_entropy(logits, y)
         value = float(loss.detach())
         if not math.isfinite(value):
+            self._restore_buffers(buffers)
             raise TrainingError(
                 f"non-finite training loss ({value}) on client {client_id}'s batch; "
                 "the run diverged: lower the learning rate (--lr)"
@@ -99,6 +153,11 @@ class ServerRuntime:
         return down, value, correct
 
     @torch.no_grad()
+    def _restore_buffers(self, saved: list[torch.Tensor]) -> None:
+        for buffer, value in zip(self.model.buffers(), saved):
+            buffer.copy_(value)
+
+    @torch.no_grad()
     def evaluate(self, client_id: int, smashed: bytes, labels: bytes) -> tuple[float, int, int]:
         """Score a test batch sent through the cut.
 
@@ -111,11 +170,22 @@ class ServerRuntime:
 
     @torch.no_grad()
     def score(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int, int]:
-        """``(loss_sum, correct, count)`` of the server model (eval mode) on smashed data."""
+        """``(loss_sum, correct, count)`` of the server model (eval mode) on smashed data.
+
+        Raises:
+            PayloadError: the batch is empty or a label lies outside the model's classes.
+        """
         self.model.eval()
+        if y.numel() == 0:
+            raise PayloadError("empty evaluation batch (0 samples)")
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         logits = self.model(x)
+        if int(y.min()) < 0 or int(y.max()) >= logits.shape[-1]:
+            raise PayloadError(
+                f"evaluation labels in [{int(y.min())}, {int(y.max())}] lie outside the "
+                f"{logits.shape[-1]} classes"
+            )
         loss_sum = float(F.cross_entropy(logits, y, reduction="sum"))
         correct = int((logits.argmax(dim=1) == y).sum())
         return loss_sum, correct, int(y.shape[0])

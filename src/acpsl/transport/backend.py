@@ -24,8 +24,10 @@ that is what ``bytes_wire_model`` shows.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -47,6 +49,8 @@ from acpsl.engine.records import (
     RunSummary,
     append_record,
     clean_float,
+    gen_error,
+    ratio_fields,
     read_records,
     summarize,
     truncate_records,
@@ -64,6 +68,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no run-directory lock
+    fcntl = None  # type: ignore[assignment]
+
 Log = Callable[[str], None]
 
 #: Byte counters of the records, per round and cumulative (the in-process ones).
@@ -76,6 +85,46 @@ _TOTALS = (
 )
 #: Wire counters (serialized protobuf sizes), per round in ``bytes_wire_<k>``.
 WIRE_KEYS = ("up", "down", "model", "eval")
+#: Lock file a serving process holds in its run directory.
+LOCK_FILE = "serve.lock"
+
+
+class RunDirLock:
+    """An exclusive ``flock`` on ``DIR/serve.lock`` for as long as a server writes ``DIR``.
+
+    The kernel drops the lock when the process dies (even by SIGKILL), so a crashed server
+    never blocks ``--resume``.
+
+    Raises:
+        CheckpointError: another process holds the lock.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_FILE
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:  # pragma: no cover
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(self._fd, 64, 0).decode("ascii", "replace").strip()
+            finally:
+                os.close(self._fd)
+                self._fd = None
+            raise CheckpointError(
+                f"another acpsl serve (pid {holder or '?'}) is using the run directory "
+                f"{folder} (it holds {self.path}); stop that server first, or choose another "
+                "--out"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode("ascii"), 0)
+
+    def release(self) -> None:
+        """Drop the lock (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
 
 
 def config_from_toml_text(text: str, **overrides: Any) -> TrainConfig:
@@ -98,6 +147,64 @@ def _client_state(runtime: ClientRuntime, *, splitfed: bool) -> bytes:
     if splitfed:
         state["optimizer"] = runtime.optimizer.state_dict()
     return encode_state_dict(state)
+
+
+def _check_tensors(got: Any, want: dict[str, torch.Tensor], what: str) -> None:
+    """``got`` is a state dict with exactly ``want``'s keys, shapes and dtypes, all finite."""
+    if not isinstance(got, dict) or set(got) != set(want):
+        extra = sorted(map(str, set(got) - set(want))) if isinstance(got, dict) else []
+        missing = sorted(set(want) - set(got)) if isinstance(got, dict) else sorted(want)
+        raise PayloadError(
+            f"{what} does not fit the client model: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    for key, ref in want.items():
+        value = got[key]
+        if not isinstance(value, torch.Tensor):
+            raise PayloadError(f"{what}: {key} is not a tensor")
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            raise PayloadError(
+                f"{what}: {key} has dtype {value.dtype} and shape {tuple(value.shape)}, the "
+                f"model's has {ref.dtype} and {tuple(ref.shape)}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise PayloadError(f"{what}: {key} holds NaN or infinite values")
+
+
+def _check_hand_back(runtime: ClientRuntime, model_state: bytes, client_state: bytes) -> None:
+    """Validate a turn's hand-back without touching ``runtime``: decode it, check the model
+    tensors (keys, shapes, dtypes, finite), then load model, optimizer and private state into
+    a copy of the runtime and check the optimizer state (shapes of its per-parameter tensors,
+    finite values).
+
+    Raises:
+        PayloadError: anything does not fit; ``runtime`` is unchanged.
+    """
+    state = decode_state_dict(model_state)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise PayloadError("client state payload does not hold a model state")
+    _check_tensors(state["model"], runtime.model.state_dict(), "handed-back model")
+    model, optimizer, scheme = copy.deepcopy((runtime.model, runtime.optimizer, runtime.scheme))
+    scratch = ClientRuntime(
+        client_id=runtime.client_id,
+        model=model,
+        optimizer=optimizer,
+        scheme=scheme,
+        device=runtime.device,
+    )
+    scratch.import_state(model_state)
+    _load_client_state(scratch, client_state)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for param in params:
+        for name, value in optimizer.state.get(param, {}).items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            if value.dim() > 0 and value.shape != param.shape:
+                raise PayloadError(
+                    f"handed-back optimizer state {name!r} has shape {tuple(value.shape)} "
+                    f"for a parameter of shape {tuple(param.shape)}"
+                )
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise PayloadError(f"handed-back optimizer state {name!r} holds NaN or inf")
 
 
 def _load_client_state(runtime: ClientRuntime, data: bytes) -> None:
@@ -143,6 +250,18 @@ class EngineServerBackend:
         self._say: Log = log if log is not None else (lambda _msg: None)
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = RunDirLock(self.out)
+        try:
+            self._setup(config, resume=resume)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory (the server stopped)."""
+        self._lock.release()
+
+    def _setup(self, config: TrainConfig, *, resume: bool) -> None:
         self.records_path = self.out / engine_loop.RECORDS
         self.ckpt_path = self.out / engine_loop.CHECKPOINT
         ckpt: dict[str, Any] | None = None
@@ -158,6 +277,8 @@ class EngineServerBackend:
                 f"{engine_loop.CHECKPOINT}); pass --resume to continue it, or choose another --out"
             )
         self.run: Run = build_run(config, device=resolve_device(config.device))
+        # labels outside the dataset's classes are refused before they reach the model
+        self.run.server.num_classes = self.run.test_set.num_classes
         write_atomic(self.out / engine_loop.CONFIG, config.to_toml().encode("utf-8"))
         engine_loop._write_partition(self.run, self.out / engine_loop.PARTITION, self._say)
         self.totals: dict[str, int] = dict.fromkeys(_TOTALS, 0)
@@ -293,6 +414,9 @@ class EngineServerBackend:
     ) -> None:
         stats = _parse_stats(stats_json)
         runtime = self.run.clients[client_id]
+        # All or nothing: a bad hand-back must not leave a half-loaded model (in sequential
+        # mode the runtimes share one model, so it would be relayed to the next client).
+        _check_hand_back(runtime, model_state, client_state)
         runtime.import_state(model_state)
         _load_client_state(runtime, client_state)
         self._has_state[client_id] = True
@@ -338,6 +462,8 @@ class EngineServerBackend:
             "raw_loss": 0.0,
             "raw_correct": 0,
             "raw_count": 0,
+            "next": 0,  # next test batch expected (compressed), and uncompressed
+            "raw_next": 0,
         }
         if not self._synced[client_id]:
             return self._resync(client_id)
@@ -350,40 +476,81 @@ class EngineServerBackend:
             )
         return TurnStart()
 
+    def _eval_batches(self) -> int:
+        return -(-len(self.run.test_set) // self.config.batch_size)
+
+    def eval_progress(self) -> tuple[int, int]:
+        ev = self._eval
+        per_batch = 2 if self.config.eval_uncompressed else 1
+        done = int(ev.get("next", 0)) + int(ev.get("raw_next", 0))
+        return done, per_batch * self._eval_batches()
+
+    def _test_labels(self, labels: bytes, *, cursor: str) -> tuple[int, torch.Tensor]:
+        """The server's own labels of the next test batch (the client sends the batches in
+        order); the client's labels must equal them.
+
+        Raises:
+            PayloadError: every batch was scored already, or the labels differ.
+        """
+        k = int(self._eval[cursor])
+        batches, size = self._eval_batches(), self.config.batch_size
+        if k >= batches:
+            raise PayloadError(f"all {batches} test batches were scored already")
+        y = self.run.test_set.labels[k * size : min((k + 1) * size, len(self.run.test_set))]
+        sent = decode_labels(labels)
+        if sent.shape != y.shape or not torch.equal(sent, y):
+            raise PayloadError(
+                f"labels of test batch {k} ({sent.numel()} labels) do not match the server's "
+                f"test set ({y.numel()} labels); the client's test data differs from the "
+                "server's (same dataset, --test-subset and data files on both sides?)"
+            )
+        return k, y
+
     def eval_step(
         self, *, client_id: int, smashed: bytes, labels: bytes, uncompressed: bool
     ) -> tuple[float, int]:
+        # Scored against the server's own test labels (the server builds the same test set
+        # from the configuration), so a client cannot choose what counts as correct.
         ev = self._eval
+        if not ev:
+            raise PayloadError("no evaluation in progress")
         if uncompressed:
+            if not self.config.eval_uncompressed:
+                raise PayloadError("this run does not evaluate uncompressed smashed data")
+            _, y = self._test_labels(labels, cursor="raw_next")
             x = decode_dense(
                 smashed,
                 scheme_id=StandardScheme.wire_id,
                 kind=KIND_FORWARD,
                 what="uncompressed evaluation payload",
             )
-            y = decode_labels(labels)
             if x.dim() == 0 or x.shape[0] != y.shape[0]:
                 raise PayloadError(
                     f"uncompressed evaluation payload of shape {tuple(x.shape)} does not match "
                     f"{y.shape[0]} labels"
                 )
+            if not bool(torch.isfinite(x).all()):
+                raise PayloadError("uncompressed evaluation payload holds NaN or infinity")
             loss, correct, count = self.run.server.score(x, y)
             ev["raw_loss"] += loss
             ev["raw_correct"] += correct
             ev["raw_count"] += count
+            ev["raw_next"] += 1
             return loss, correct
+        _, y = self._test_labels(labels, cursor="next")
         loss, correct, count = self.run.server.evaluate(client_id, smashed, labels)
         ev["loss"] += loss
         ev["correct"] += correct
         ev["count"] += count
         ev["bytes"] += len(smashed) + len(labels)
+        ev["next"] += 1
         return loss, correct
 
     # ---------------------------------------------------------------------------- rounds
     def finish_round(self, *, round: int, wire: dict[str, int]) -> dict[str, Any]:
         acc, ev = self._acc, self._eval
-        if not ev or ev["count"] == 0:
-            raise CheckpointError(f"round {round} has no evaluation; cannot write its record")
+        if not ev or ev["count"] == 0 or self.eval_progress()[0] != self.eval_progress()[1]:
+            raise CheckpointError(f"round {round} has no complete evaluation; cannot write it")
         ratios: list[float] = acc["ratios"]
         seen = acc["seen"]
         record: dict[str, Any] = {
@@ -395,9 +562,7 @@ class EngineServerBackend:
             "bytes_down": acc["bytes_down"],
             "bytes_labels": acc["bytes_labels"],
             "bytes_model": acc["bytes_model"],
-            "ratio_mean": clean_float(sum(ratios) / len(ratios)) if ratios else None,
-            "ratio_min": clean_float(min(ratios)) if ratios else None,
-            "ratio_max": clean_float(max(ratios)) if ratios else None,
+            **ratio_fields(ratios),
             "table2_bytes_up": clean_float(acc["table2"]),
             "bound_bytes_up": clean_float(acc["bound"]),
             "kept_counts": engine_loop._kept_total(self.run),
@@ -405,6 +570,7 @@ class EngineServerBackend:
             "test_loss": clean_float(ev["loss"] / ev["count"]),
             "bytes_eval": ev["bytes"],
         }
+        record["gen_error"] = gen_error(record)
         if self.config.eval_uncompressed and ev["raw_count"]:
             record["test_acc_uncompressed"] = ev["raw_correct"] / ev["raw_count"]
             record["test_loss_uncompressed"] = clean_float(ev["raw_loss"] / ev["raw_count"])

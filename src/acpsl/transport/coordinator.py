@@ -38,12 +38,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from acpsl import __version__
-from acpsl.errors import ConfigError, TrainingError
+from acpsl.errors import ConfigError, PayloadError, TrainingError
 from acpsl.transport import splitlearning_pb2 as pb
 
 log = logging.getLogger("acpsl.transport")
 
 DROP_POLICIES = ("skip", "wait")
+#: Consecutive ``Step`` calls with a non-finite loss (finite inputs) that stop the run: one is
+#: refused and the run goes on; this many in a row mean the server model diverged.
+MAX_NONFINITE_STEPS = 3
 
 
 class RpcReject(Exception):
@@ -133,6 +136,9 @@ class ServerBackend(Protocol):
     ) -> tuple[float, int]:
         """Score one test batch; returns (sum of losses, correct). May raise PayloadError."""
 
+    def eval_progress(self) -> tuple[int, int]:
+        """``(batches scored, batches expected)`` of the evaluation in progress."""
+
     def finish_round(self, *, round: int, wire: dict[str, int]) -> dict[str, Any]:
         """Write the round's record (with the wire byte counts) and checkpoint; returns it."""
 
@@ -177,6 +183,7 @@ class _Turn:
     round: int
     done: bool = False
     dropped: bool = False
+    delivered: bool = False
     steps: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -238,6 +245,7 @@ class Coordinator:
         self._turn_ids = 0
         self._finished = False
         self._error: BaseException | None = None
+        self._nonfinite = 0
         self._stop = threading.Event()
         self.wire = WireCounter()
         self.records: list[dict[str, Any]] = []
@@ -321,6 +329,7 @@ class Coordinator:
         if (
             active is None
             or active.done
+            or active.dropped
             or active.turn_id != turn
             or active.client_id != session.client_id
             or active.kind != kind
@@ -338,11 +347,31 @@ class Coordinator:
         deadline = self._clock() + self.timing.poll_s
         with self._cond:
             slot = self._check_session(request.session)
+            active = self._turn
+            if (
+                active is not None
+                and active.client_id == slot.client_id
+                and active.delivered
+                and not (active.done or active.dropped)
+            ):
+                # The client asks for a new task while its turn is open: it gave the turn up
+                # (a refused or failed call aborted it on its side). End it as a drop, so the
+                # driver applies the drop policy instead of waiting for a call that never comes.
+                active.dropped = True
+                log.warning(
+                    "client %d gave up its %s turn %d",
+                    slot.client_id,
+                    pb.Task.Kind.Name(active.kind),
+                    active.turn_id,
+                )
+                self._cond.notify_all()
             while True:
                 if slot.pending is not None:
                     task, slot.pending = slot.pending, None
                     if task.kind in (pb.Task.TRAIN, pb.Task.EVAL):
                         self.wire.model += task.ByteSize()
+                        if self._turn is not None and self._turn.turn_id == task.turn:
+                            self._turn.delivered = True
                     return task
                 if self._stop.is_set():
                     # Not DONE: the server may come back with --resume; clients keep trying.
@@ -363,75 +392,97 @@ class Coordinator:
         return "run complete"
 
     # --------------------------------------------------------------------- training calls
+    # Every call that changes training state holds ``_compute`` from its turn check to the
+    # end of its update, so check and act are one step: of two identical concurrent calls
+    # only the first passes, and a call checked before its turn was dropped is applied
+    # before the driver can act on the drop (abandon_turn, the next turn: all under
+    # ``_compute``), while a call arriving after the drop is refused.
     def step(self, request: pb.StepRequest) -> pb.StepReply:
         """One training iteration of the active TRAIN turn."""
-        with self._cond:
-            turn = self._check_turn(request.session, request.turn, pb.Task.TRAIN)
-            expected = self.backend.iteration + 1
-            if request.t != expected:
-                raise RpcReject(
-                    "INVALID_ARGUMENT", f"step for iteration {request.t}, expected {expected}"
-                )
-        try:
-            with self._compute:
+        with self._compute:
+            with self._cond:
+                turn = self._check_turn(request.session, request.turn, pb.Task.TRAIN)
+                expected = self.backend.iteration + 1
+                if request.t != expected:
+                    raise RpcReject(
+                        "INVALID_ARGUMENT", f"step for iteration {request.t}, expected {expected}"
+                    )
+            try:
                 grad = self.backend.train_step(
                     client_id=request.session.client_id,
                     t=request.t,
                     smashed=request.smashed,
                     labels=request.labels,
                 )
-        except TrainingError as exc:  # e.g. a non-finite loss: the run cannot go on
-            self._fail(exc)
-            raise RpcReject("ABORTED", f"the run stopped: {exc}") from None
-        reply = pb.StepReply(grad=grad)
-        with self._cond:
-            turn.steps += 1
-            self.wire.up += request.ByteSize()
-            self.wire.down += reply.ByteSize()
-            self._slots[request.session.client_id].last_seen = self._clock()
+            except PayloadError:
+                raise  # unusable input (malformed, empty, bad labels, NaN): refused, run goes on
+            except TrainingError as exc:  # a non-finite loss on finite inputs
+                self._nonfinite += 1
+                if self._nonfinite >= MAX_NONFINITE_STEPS:
+                    error = TrainingError(
+                        f"{self._nonfinite} steps in a row had a non-finite loss: {exc}"
+                    )
+                    self._fail(error)
+                    raise RpcReject("ABORTED", f"the run stopped: {error}") from None
+                raise RpcReject("INVALID_ARGUMENT", f"step refused, not applied: {exc}") from None
+            self._nonfinite = 0
+            reply = pb.StepReply(grad=grad)
+            with self._cond:
+                turn.steps += 1
+                self.wire.up += request.ByteSize()
+                self.wire.down += reply.ByteSize()
+                self._slots[request.session.client_id].last_seen = self._clock()
         return reply
 
     def finish_turn(self, request: pb.TurnResult) -> pb.Ack:
         """The client hands its model back: its TRAIN turn is over."""
-        with self._cond:
-            turn = self._check_turn(request.session, request.turn, pb.Task.TRAIN)
         with self._compute:
+            with self._cond:
+                turn = self._check_turn(request.session, request.turn, pb.Task.TRAIN)
             self.backend.finish_turn(
                 client_id=turn.client_id,
                 model_state=request.model_state,
                 client_state=request.client_state,
                 stats_json=request.stats_json,
             )
-        with self._cond:
-            self.wire.model += request.ByteSize()
-            turn.done = True
-            self._cond.notify_all()
+            with self._cond:
+                self.wire.model += request.ByteSize()
+                turn.done = True
+                self._cond.notify_all()
         return pb.Ack()
 
     def eval_step(self, request: pb.EvalRequest) -> pb.EvalReply:
         """One test batch of the active EVAL turn."""
-        with self._cond:
-            turn = self._check_turn(request.session, request.turn, pb.Task.EVAL)
         with self._compute:
+            with self._cond:
+                turn = self._check_turn(request.session, request.turn, pb.Task.EVAL)
             loss_sum, correct = self.backend.eval_step(
                 client_id=turn.client_id,
                 smashed=request.smashed,
                 labels=request.labels,
                 uncompressed=request.uncompressed,
             )
-        reply = pb.EvalReply(loss_sum=loss_sum, correct=correct)
-        with self._cond:
-            turn.steps += 1
-            self.wire.eval += request.ByteSize() + reply.ByteSize()
-            self._slots[request.session.client_id].last_seen = self._clock()
+            reply = pb.EvalReply(loss_sum=loss_sum, correct=correct)
+            with self._cond:
+                turn.steps += 1
+                self.wire.eval += request.ByteSize() + reply.ByteSize()
+                self._slots[request.session.client_id].last_seen = self._clock()
         return reply
 
     def finish_eval(self, request: pb.EvalDone) -> pb.Ack:
-        """The evaluating client has sent every test batch."""
-        with self._cond:
-            turn = self._check_turn(request.session, request.turn, pb.Task.EVAL)
-            turn.done = True
-            self._cond.notify_all()
+        """The evaluating client has sent every test batch (checked: else refused)."""
+        with self._compute:
+            with self._cond:
+                turn = self._check_turn(request.session, request.turn, pb.Task.EVAL)
+                done, expected = self.backend.eval_progress()
+                if done != expected:
+                    raise RpcReject(
+                        "FAILED_PRECONDITION",
+                        f"evaluation incomplete: {done} of {expected} test batches scored; "
+                        "send every test batch before FinishEval",
+                    )
+                turn.done = True
+                self._cond.notify_all()
         return pb.Ack()
 
     def count_rejection(self, code: str) -> None:
@@ -551,11 +602,15 @@ class Coordinator:
             log.warning("round %d: client %d dropped mid-turn; waiting for it to rejoin", rnd, cid)
 
     def _eval(self, rnd: int, *, preferred: int) -> None:
-        """Evaluate through the cut by ``preferred`` (else by the last live client)."""
-        tried: set[int] = set()
+        """Evaluate through the cut by ``preferred`` (else by the last live client).
+
+        Each client gets at most two tries (a client that gave its evaluation up, e.g. after
+        a transient error, and is still alive, is asked once more).
+        """
+        tries: dict[int, int] = {}
         cid: int | None = preferred
         while cid is not None:
-            tried.add(cid)
+            tries[cid] = tries.get(cid, 0) + 1
             if self._await_alive(cid, wait=False):
                 with self._compute:
                     start = self.backend.begin_eval(client_id=cid)
@@ -570,8 +625,10 @@ class Coordinator:
                     return
                 self.dropped.append((rnd, cid))
             with self._cond:
-                live = [s.client_id for s in self._slots if s.alive and s.client_id not in tried]
-            cid = live[-1] if live else None
+                live = [
+                    s.client_id for s in self._slots if s.alive and tries.get(s.client_id, 0) < 2
+                ]
+            cid = preferred if preferred in live else (live[-1] if live else None)
         raise TrainingError(f"round {rnd}: no live client could run the evaluation")
 
     def _await_alive(self, cid: int, *, wait: bool | None = None) -> bool:
@@ -625,7 +682,7 @@ class Coordinator:
             while not turn.done:
                 self._check_stop()
                 self._expire(slot)
-                if not slot.alive:
+                if not slot.alive or turn.dropped:
                     turn.dropped = True
                     slot.pending = None
                     self._turn = None

@@ -60,6 +60,7 @@ class SplitServer:
         if not 0 <= options.port < 65536:
             raise ConfigError(f"invalid port {options.port}: use 0 (any free port) to 65535")
         self.options = options
+        self._backend = backend
         self.coordinator = Coordinator(
             backend=backend, on_drop=options.on_drop, timing=options.timing
         )
@@ -69,7 +70,9 @@ class SplitServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="acpsl-rpc"),
             interceptors=interceptors,
-            options=message_options(options.max_message_bytes),
+            # gRPC sets SO_REUSEPORT by default: a second server on the same port would bind
+            # too and steal half the connections. Off, a taken port fails to bind.
+            options=[*message_options(options.max_message_bytes), ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_SplitLearningServicer_to_server(
             SplitLearningService(coordinator=self.coordinator), self._server
@@ -81,9 +84,20 @@ class SplitServer:
             else:
                 self.port = self._server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {address}: {exc}") from None
+            self.port = 0
+            reason = str(exc).split(";")[0].rstrip(". ")  # drop gRPC's "set GRPC_VERBOSITY"
+        except BaseException:  # bad TLS files: the run directory is not ours to keep
+            self._release()
+            raise
+        else:
+            reason = "the port is in use or not allowed"
         if self.port == 0:
-            raise ConfigError(f"cannot listen on {address}: the port is taken or not allowed")
+            self._release()
+            raise ConfigError(
+                f"cannot listen on {address}: {reason}. Is another server (acpsl serve) "
+                "already running on that port? Stop it, or choose another --port (0 picks a "
+                "free one)"
+            )
         self._driver = threading.Thread(
             target=self.coordinator.run, name="acpsl-driver", daemon=True
         )
@@ -115,10 +129,19 @@ class SplitServer:
         # Clients learn the run is over from their next NextTask; let them ask once more.
         threading.Event().wait(min(grace, self.coordinator.timing.poll_s + 1.0))
         self._server.stop(grace=1.0).wait()
+        self._release()
         return True
+
+    def _release(self) -> None:
+        """Let go of the backend's run directory (its lock), if it holds one."""
+        close = getattr(self._backend, "close", None)
+        if callable(close):
+            close()
 
     def stop(self) -> None:
         """Stop driving and serving now (finished rounds keep their records and checkpoint)."""
         self.coordinator.stop()
-        self._driver.join(timeout=5.0)
+        if self._driver.is_alive():
+            self._driver.join(timeout=5.0)
         self._server.stop(grace=0.5).wait()
+        self._release()

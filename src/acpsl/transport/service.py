@@ -1,11 +1,15 @@
 """The gRPC servicer: maps each RPC onto the :class:`~acpsl.transport.coordinator.Coordinator`.
 
 Every refusal becomes a gRPC status with a message saying what was wrong, and the server
-keeps serving: a malformed payload (:class:`~acpsl.errors.PayloadError`, or a payload that
-does not fit the model) is ``INVALID_ARGUMENT``; a call outside the caller's turn is
-``FAILED_PRECONDITION``; an unknown or expired session is ``PERMISSION_DENIED``. (A missing
+keeps serving: a malformed or unusable payload (:class:`~acpsl.errors.PayloadError`: bad
+bytes, an empty batch, labels outside the classes or not matching the samples, NaN or
+infinite values, a payload that does not fit the model) is ``INVALID_ARGUMENT``; a call
+outside the caller's turn, or a ``FinishEval`` before every test batch, is
+``FAILED_PRECONDITION``; an unknown or expired session is ``PERMISSION_DENIED``; any other
+exception is a server bug, logged with its traceback and answered ``INTERNAL``. (A missing
 or wrong token is refused earlier, by :class:`~acpsl.transport.security.TokenAuthInterceptor`,
-and an oversized message by gRPC itself with ``RESOURCE_EXHAUSTED``.)
+and an oversized message by gRPC itself with ``RESOURCE_EXHAUSTED``.) Every refusal is
+counted in :attr:`Coordinator.rejected <acpsl.transport.coordinator.Coordinator.rejected>`.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ class SplitLearningService(pb_grpc.SplitLearningServicer):  # type: ignore[misc]
             # A well-formed payload that does not fit the model (wrong shape, wrong labels
             # count) fails inside torch; the caller sent bad data, the server is fine.
             code, message = "INVALID_ARGUMENT", f"payload rejected: {exc}"
+        except Exception as exc:  # a bug: report it, count it, keep serving
+            log.exception("%s failed", name)
+            code, message = "INTERNAL", f"server error: {type(exc).__name__}: {exc}"
         self.coordinator.count_rejection(code)
         log.warning("%s rejected (%s): %s", name, code, message)
         context.abort(getattr(grpc.StatusCode, code), message)
