@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import pytest
 from acpsl.errors import ConfigError, DataError, TrainingError
 from acpsl.experiments.cli import main as cli_main
 from acpsl.experiments.cli import parse_scheme_spec, plans_for_schemes
-from acpsl.experiments.compare import compare, raise_on_failures
+from acpsl.experiments.compare import GridBusyError, compare, raise_on_failures
 
 ROUNDS = 8
 
@@ -80,7 +81,15 @@ def _session_alive(sid: int) -> list[int]:
     return alive
 
 
-def _start_and_wait(args: list[str], out: Path, *, min_rounds: int) -> subprocess.Popen[bytes]:
+def _half_finished(out: Path) -> bool:
+    """Some run has at least 2 complete records but not all ``ROUNDS``: its checkpoint (written
+    after each record) is then of a round in 1..ROUNDS-1, whatever instant it is killed at."""
+    return any(2 <= len(r) < ROUNDS for r in _rounds(out).values())
+
+
+def _start_and_freeze(args: list[str], out: Path) -> subprocess.Popen[bytes]:
+    """Start ``compare`` in its own session; once a run is half-finished, freeze the whole
+    session (SIGSTOP: compare and its workers) so nothing moves before the SIGKILL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "acpsl.experiments", *args],
         start_new_session=True,
@@ -89,9 +98,12 @@ def _start_and_wait(args: list[str], out: Path, *, min_rounds: int) -> subproces
     )
     deadline = time.monotonic() + 150
     while True:
-        counts = [len(r) for r in _rounds(out).values()]
-        if counts and max(counts) >= min_rounds:
-            return proc
+        if _half_finished(out):
+            os.killpg(proc.pid, signal.SIGSTOP)
+            time.sleep(0.2)  # a signal in flight (a worker mid-fork) settles
+            if _half_finished(out):
+                return proc
+            os.killpg(proc.pid, signal.SIGCONT)  # it moved on between the look and the stop
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
             pytest.fail(f"compare ended (code {proc.returncode}) before it could be stopped: {err}")
@@ -101,6 +113,14 @@ def _start_and_wait(args: list[str], out: Path, *, min_rounds: int) -> subproces
         time.sleep(0.05)
 
 
+def _checkpoint_round(run: Path) -> int:
+    """The round of a run's checkpoint (0 without one): where a resume continues from."""
+    from acpsl.engine.checkpoint import load_checkpoint
+
+    path = run / "checkpoint.pt"
+    return int(load_checkpoint(path)["round"]) if path.exists() else 0
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PDEATHSIG")
 def test_compare_resumes_after_sigkill(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "grid"
@@ -108,23 +128,38 @@ def test_compare_resumes_after_sigkill(tmp_path: Path, shared_data: Path) -> Non
 
     # 1. SIGKILL the parent only, half-way: the kernel kills its two workers (PDEATHSIG),
     #    and the runs are left with some rounds recorded.
-    proc = _start_and_wait(_grid_args(out, shared_data, workers=2), out, min_rounds=2)
+    proc = _start_and_freeze(_grid_args(out, shared_data, workers=2), out)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGCONT)  # any survivor would now run on, and be seen
     deadline = time.monotonic() + 20
     while _session_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _session_alive(proc.pid) == [], "workers survived SIGKILL of compare"
     killed = _rounds(out)
-    assert any(len(r) < ROUNDS for r in killed.values()), killed
     for key, rounds in killed.items():
         assert rounds == list(range(1, len(rounds) + 1)), (key, rounds)
+    # What a resume must keep: every record up to the run's checkpoint, byte for byte
+    # (wall_s included, which a restart from scratch would not reproduce).
+    kept: dict[str, bytes] = {}
+    for key in killed:
+        done = _checkpoint_round(out / key)
+        lines = (out / key / "records.jsonl").read_bytes().splitlines(keepends=True)
+        assert len(lines) >= done, (key, done, len(lines))
+        kept[key] = b"".join(lines[:done])
+    half = {k: v.count(b"\n") for k, v in kept.items() if 0 < v.count(b"\n") < ROUNDS}
+    assert half, f"no run was half-finished at the kill: {killed}"
 
     # 2. Run again, in this process: every run has rounds 1..ROUNDS exactly once, and the
     #    cumulative byte counters are the running sums of the per-round ones.
     assert cli_main(_grid_args(out, shared_data, workers=1)) == 0
     final = _rounds(out)
     assert final == {k: list(range(1, ROUNDS + 1)) for k in keys}
+    for key, prefix in kept.items():
+        assert (out / key / "records.jsonl").read_bytes().startswith(prefix), (
+            f"{key}: the records up to its checkpoint changed on resume"
+        )
     for key in keys:
         records = [json.loads(ln) for ln in (out / key / "records.jsonl").read_text().splitlines()]
         up = 0
@@ -231,3 +266,44 @@ def test_a_failing_run_does_not_stop_the_others(tmp_path: Path, shared_data: Pat
     assert "log.txt" in result.failed["mnist/quant-bits4/seed0"]
     with pytest.raises(TrainingError, match="1 of 2 runs failed"):
         raise_on_failures(result)
+
+
+def test_a_second_compare_on_the_same_out_fails_fast(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While one process holds OUT's lock, compare refuses at once and touches nothing."""
+    out = tmp_path / "grid"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from acpsl.experiments.compare import grid_lock\n"
+            "with grid_lock(Path(sys.argv[1])):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(120)\n",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        base = {"dataset": "mnist", "data_dir": str(shared_data)}
+        plans = plans_for_schemes(["standard"], base=base, seeds=[0])
+        start = time.monotonic()
+        with pytest.raises(GridBusyError, match=f"pid {holder.pid}.*different --out"):
+            compare(plans, out_dir=out, workers=1, progress=False)
+        assert time.monotonic() - start < 5
+        args = ["compare", "--schemes", "standard", "--out", str(out), "--no-progress"]
+        args += ["--data-dir", str(shared_data)]
+        assert cli_main(args) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("acpsl: error: another acpsl compare") and "\n" not in err
+        assert sorted(p.name for p in out.iterdir()) == [".compare.lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock dies with its holder (even killed): the directory is usable again
+    assert compare([], out_dir=out, workers=1, progress=False).results == {}
+    assert (out / "compare.json").exists()

@@ -1,8 +1,10 @@
-"""Presets: every shipped preset loads, plans, and runs one tiny iteration end to end."""
+"""Presets: every shipped preset loads, plans, and runs its whole tiny grid end to end."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,10 +15,10 @@ from acpsl.config import TrainConfig
 from acpsl.errors import ConfigError
 from acpsl.experiments import presets
 from acpsl.experiments.cli import main as cli_main
+from acpsl.experiments.compare import compare
 from acpsl.experiments.matching import resolve_match
 from acpsl.experiments.neurons import inference_topk_counts
 from acpsl.experiments.report import write_report
-from acpsl.experiments.runner import run_plan
 
 PAPER_PRESETS = {
     "acp-fig2",
@@ -164,35 +166,54 @@ def test_presets_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert "scale full: 70 runs" in detail and "scale tiny: 14 runs" in detail
 
 
-def _tiny_plan(name: str, data_dir: Path) -> presets.RunPlan:
-    """The preset's most demanding run at tiny scale: a matched one if any, else the last."""
-    plans = presets.load(name).plan(scale="tiny", overrides={"data_dir": str(data_dir)})
-    matched = [p for p in plans if p.match_fraction is not None or p.match_acp is not None]
-    return matched[-1] if matched else plans[-1]
+@pytest.fixture()
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fast tiny runs: one PyTorch thread (several times faster for tiny models on a shared
+    CPU) and no fsync (half of a tiny run is its checkpoint; durability is tested in the
+    engine's and compare's tests, not here)."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PRESETS))
-def test_each_preset_runs_one_tiny_iteration(name: str, shared_data: Path, tmp_path: Path) -> None:
-    plan = _tiny_plan(name, shared_data)
-    result = run_plan(plan.to_dict(), root=tmp_path, log=None)
-    assert result["status"] == "done"
-    run = tmp_path / plan.key
-    records = [json.loads(ln) for ln in (run / "records.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [1]
-    assert records[0]["iteration"] == 1  # 16 samples, batch 16, 1 client: one iteration
-    assert records[0]["bytes_up"] > 0 and records[0]["bytes_down"] > 0
-    meta = json.loads((run / "run.json").read_text())
-    assert meta["label"] == plan.label and meta["scheme"] == plan.config.scheme
-    written = TrainConfig.from_toml(run / "config.toml")
-    assert written.scheme == plan.config.scheme
-    if plan.match_fraction is not None or plan.match_acp is not None:
-        assert set(written.scheme_params) & {"k", "bits"}  # the matched size was resolved
-    # a second call skips the finished run
-    assert run_plan(plan.to_dict(), root=tmp_path, log=None)["status"] == "skipped"
+def test_each_preset_runs_its_whole_tiny_grid(
+    name: str, shared_data: Path, tmp_path: Path, one_thread: None
+) -> None:
+    """Every run of the preset's tiny grid (every scheme, ablation and panel) trains its one
+    iteration through ``compare``, as ``acpsl compare --preset NAME --scale tiny`` would."""
+    plans = presets.load(name).plan(scale="tiny", overrides={"data_dir": str(shared_data)})
+    assert {p.label for p in plans} == {r.label for r in presets.load(name).runs}
+    result = compare(plans, out_dir=tmp_path, workers=1, progress=False)
+    assert result.failed == {}
+    assert {k: v["status"] for k, v in result.results.items()} == {p.key: "done" for p in plans}
+    for plan in plans:
+        run = tmp_path / plan.key
+        records = [json.loads(ln) for ln in (run / "records.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in records] == [1], plan.key
+        assert records[0]["iteration"] == 1  # 16 samples, batch 16, 1 client: one iteration
+        assert records[0]["bytes_up"] > 0 and records[0]["bytes_down"] > 0, plan.key
+        assert (run / "summary.json").exists()
+        meta = json.loads((run / "run.json").read_text())
+        assert meta["label"] == plan.label and meta["scheme"] == plan.config.scheme
+        written = TrainConfig.from_toml(run / "config.toml")
+        assert written.scheme == plan.config.scheme
+        if plan.match_fraction is not None or plan.match_acp is not None:
+            assert set(written.scheme_params) & {"k", "bits"}, plan.key  # size resolved
+    # a second compare skips every finished run
+    again = compare(plans, out_dir=tmp_path, workers=1, progress=False)
+    assert {v["status"] for v in again.results.values()} == {"skipped"}
     if name == "randtopk-fig5":  # RandTopk Fig. 5: top-k counts of the trained client model
-        counts = inference_topk_counts(run)
-        assert counts is not None and len(counts) == 64  # ResNet-20's 64-d cut
-        assert sum(counts) == written.scheme_params["k"] * 16  # k per training sample
+        for plan in plans:
+            run = tmp_path / plan.key
+            written = TrainConfig.from_toml(run / "config.toml")
+            counts = inference_topk_counts(run)
+            assert counts is not None and len(counts) == 64  # ResNet-20's 64-d cut
+            assert sum(counts) == written.scheme_params["k"] * 16  # k per training sample
         files = write_report(tmp_path, plots=["topk_hist"])
         assert set(files.plots) == {"topk_hist"}
 

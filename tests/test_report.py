@@ -12,9 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from acpsl import plots
 from acpsl.config import TrainConfig
 from acpsl.errors import CheckpointError
 from acpsl.experiments.cli import main as cli_main
+from acpsl.experiments.cli import plans_for_schemes
+from acpsl.experiments.compare import compare
 from acpsl.experiments.report import write_report
 from acpsl.plots import label_colors
 
@@ -25,7 +28,15 @@ SEEDS = [0, 1, 2]
 ROUNDS = 6
 
 
-def _records(rng: np.random.RandomState, *, scheme: str, rounds: int) -> list[dict[str, Any]]:
+#: Iterations per round of the synthetic runs.
+ITERS = 10
+#: The panel whose records predate ``ratios`` and ``gen_error`` (plots must fall back).
+OLD_PANEL = "mnist-dir"
+
+
+def _records(
+    rng: np.random.RandomState, *, scheme: str, rounds: int, new_fields: bool = True
+) -> list[dict[str, Any]]:
     up_per_round = {"standard": 100_000, "acp": 30_000, "randtopk": 31_000}[scheme]
     acc = 0.1
     out, up_total, down_total, labels_total, model_total = [], 0, 0, 0, 0
@@ -37,10 +48,11 @@ def _records(rng: np.random.RandomState, *, scheme: str, rounds: int) -> list[di
         down_total += down
         labels_total += 120
         model_total += 5000
-        ratio = None if scheme == "standard" else float(rng.uniform(0.6, 0.8))
+        ratios = [] if scheme == "standard" else [float(v) for v in rng.uniform(0.6, 0.8, ITERS)]
+        ratio = sum(ratios) / len(ratios) if ratios else None
         rec: dict[str, Any] = {
             "round": r,
-            "iteration": 10 * r,
+            "iteration": ITERS * r,
             "train_loss": float(2.3 / r),
             "train_acc": min(1.0, acc + 0.02),
             "test_acc": acc,
@@ -55,11 +67,14 @@ def _records(rng: np.random.RandomState, *, scheme: str, rounds: int) -> list[di
             "bytes_model_total": model_total,
             "bytes_eval": 999,
             "ratio_mean": ratio,
-            "ratio_min": None if ratio is None else ratio - 0.05,
-            "ratio_max": None if ratio is None else ratio + 0.05,
+            "ratio_min": min(ratios) if ratios else None,
+            "ratio_max": max(ratios) if ratios else None,
             "kept_counts": None if scheme != "acp" else [int(v) for v in rng.randint(0, 100, 16)],
             "wall_s": float(r),
         }
+        if new_fields:
+            rec["ratios"] = ratios
+            rec["gen_error"] = rec["train_acc"] - rec["test_acc"]
         out.append(rec)
     return out
 
@@ -73,10 +88,10 @@ def _write_grid(root: Path, *, with_meta: bool = True) -> dict[tuple[str, str, i
             for seed in SEEDS:
                 path = root / panel / label / f"seed{seed}"
                 path.mkdir(parents=True)
-                records = _records(rng, scheme=scheme, rounds=ROUNDS)
+                records = _records(rng, scheme=scheme, rounds=ROUNDS, new_fields=panel != OLD_PANEL)
                 everything[(panel, label, seed)] = records
                 config = TrainConfig(
-                    scheme=scheme, seed=seed, rounds=ROUNDS, subset=600, target_acc=TARGETS
+                    scheme=scheme, seed=seed, rounds=ROUNDS, subset=600, target_acc=tuple(TARGETS)
                 )
                 (path / "config.toml").write_text(config.to_toml())
                 (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -100,8 +115,10 @@ def _write_grid(root: Path, *, with_meta: bool = True) -> dict[tuple[str, str, i
                     "acc_bytes",
                     "loss_round",
                     "ratio_round",
+                    "ratio_iter",
                     "kept_hist",
                     "gen_gap",
+                    "gen_gap_offset",
                 ],
             },
             "scale": "small",
@@ -135,8 +152,10 @@ def test_report_writes_every_file_and_table_equals_records(tmp_path: Path) -> No
         "acc_vs_bytes.png",
         "loss_vs_round.png",
         "ratio_vs_round.png",
+        "ratio_vs_iteration.png",
         "kept_hist.png",
         "gen_gap.png",
+        "gen_gap_offset.png",
     }
     assert {p.name for p in files.plots.values()} == expected_plots
     for path in files.all():
@@ -260,3 +279,199 @@ def test_label_colors_are_stable_and_distinct() -> None:
     assert colors["acp"] == "#d62728" and colors["standard"] == "#222222"
     assert len(set(colors.values())) == 5
     assert label_colors(["acp-l0", "acp", "standard", "acp-random", "randtopk"]) == colors
+
+
+def _capture_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
+    """What each figure draws, keyed by file name: its title, and per panel the axis labels
+    and every line (label, colour, x, y) and shaded band (count), read before it is saved."""
+    figures: dict[str, dict[str, Any]] = {}
+    real = plots._finish
+
+    def finish(fig: Any, path: Path, *, title: str, axes: Any) -> Path:
+        panels = {}
+        for ax in axes:
+            panels[ax.get_title()] = {
+                "xlabel": ax.get_xlabel(),
+                "ylabel": ax.get_ylabel(),
+                "lines": {
+                    line.get_label(): (
+                        line.get_color(),
+                        [float(v) for v in line.get_xdata()],
+                        [float(v) for v in line.get_ydata()],
+                    )
+                    for line in ax.get_lines()
+                    if not line.get_label().startswith("_")
+                },
+                "bands": len(ax.collections),
+            }
+        written = real(fig, path, title=title, axes=axes)
+        legend = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else []
+        figures[path.name] = {"title": title, "panels": panels, "legend": legend}
+        return written
+
+    monkeypatch.setattr(plots, "_finish", finish)
+    return figures
+
+
+def test_ratio_vs_iteration_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """P_t against the global iteration: one point per iteration from ``ratios``, the mean
+    over seeds; records without ``ratios`` fall back to one point per round."""
+    data = _write_grid(tmp_path)
+    figures = _capture_figures(monkeypatch)
+    files = write_report(tmp_path, plots=["ratio_iter"])
+    assert set(files.plots) == {"ratio_iter"}
+    fig = figures["ratio_vs_iteration.png"]
+    assert "iteration" in fig["title"].lower() and "P_t" in fig["title"]
+    colors = label_colors(list(LABELS))
+    assert fig["legend"] == ["acp", "randtopk"]  # standard has no ratio: no line
+    for panel, title in PANELS.items():
+        drawn = fig["panels"][title]
+        assert "iteration" in drawn["xlabel"] and "%" in drawn["ylabel"]
+        assert set(drawn["lines"]) == {"acp", "randtopk"}
+        assert drawn["bands"] == 2  # min-max over seeds (or within rounds)
+        for label, (color, xs, ys) in drawn["lines"].items():
+            assert color == colors[label]
+            runs = [data[(panel, label, seed)] for seed in SEEDS]
+            if panel == OLD_PANEL:  # per round, at its last iteration
+                assert xs == [float(ITERS * r) for r in range(1, ROUNDS + 1)]
+                want = [
+                    100 * sum(recs[i]["ratio_mean"] for recs in runs) / len(SEEDS)
+                    for i in range(ROUNDS)
+                ]
+            else:  # every iteration of every round
+                assert xs == [float(i) for i in range(1, ITERS * ROUNDS + 1)]
+                per_seed = [[v for r in recs for v in r["ratios"]] for recs in runs]
+                want = [100 * sum(col) / len(SEEDS) for col in zip(*per_seed)]
+            assert ys == pytest.approx(want)
+
+
+def test_ratio_iteration_series_aligns_seeds_and_bands() -> None:
+    a = [{"round": 1, "iteration": 3, "ratios": [0.6, 0.7, 0.8]}]
+    b = [{"round": 1, "iteration": 3, "ratios": [0.8, 0.7, 0.6]}]
+    assert plots.ratio_iteration_series([a, b]) == (
+        [1.0, 2.0, 3.0],
+        pytest.approx([0.7, 0.7, 0.7]),
+        [0.6, 0.7, 0.6],
+        [0.8, 0.7, 0.8],
+    )
+    old = [{"round": 1, "iteration": 4, "ratio_mean": 0.7, "ratio_min": 0.6, "ratio_max": 0.9}]
+    assert plots.ratio_iteration_series([old]) == ([4.0], [0.7], [0.6], [0.9])
+    assert plots.ratio_iteration_series([[{"round": 1, "iteration": 2, "ratios": []}]]) is None
+    assert plots.ratio_iteration_series([[{"round": 1, "ratio_mean": None}]]) is None
+
+
+def test_generalization_error_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gen_gap plots the records' gen_error; gen_gap_offset the RandTopk Fig. 4(b) quantity
+    gen_error - (0.5 train_acc - 0.2), both in points against the training accuracy."""
+    data = _write_grid(tmp_path)
+    figures = _capture_figures(monkeypatch)
+    files = write_report(tmp_path, plots=["gen_gap", "gen_gap_offset"])
+    assert set(files.plots) == {"gen_gap", "gen_gap_offset"}
+    plain, offset = figures["gen_gap.png"], figures["gen_gap_offset.png"]
+    assert "generalization error" in plain["title"].lower()
+    assert "0.5 x train acc - 0.2" in offset["title"] and "Fig. 4(b)" in offset["title"]
+    colors = label_colors(list(LABELS))
+    for panel, title in PANELS.items():
+        assert "0.5 x train acc - 0.2" in offset["panels"][title]["ylabel"]
+        assert "train - test" in plain["panels"][title]["ylabel"]
+        for label in LABELS:
+            recs = [r for seed in SEEDS for r in data[(panel, label, seed)]]
+            pts = sorted((100 * r["train_acc"], r["train_acc"] - r["test_acc"]) for r in recs)
+            color, xs, ys = plain["panels"][title]["lines"][label]
+            assert color == colors[label]
+            assert xs == pytest.approx([x for x, _ in pts])
+            assert ys == pytest.approx([100 * g for _, g in pts])
+            _, xs, ys = offset["panels"][title]["lines"][label]
+            assert xs == pytest.approx([x for x, _ in pts])
+            assert ys == pytest.approx([100 * (g - (0.5 * x / 100 - 0.2)) for x, g in pts])
+
+
+def test_gen_error_prefers_the_record_field() -> None:
+    rec = {"train_acc": 0.9, "test_acc": 0.7, "gen_error": 0.25}
+    assert plots.gen_error(rec) == 0.25
+    assert plots.gen_error_offset(rec) == pytest.approx(0.25 - (0.45 - 0.2))
+    assert plots.gen_error({"train_acc": 0.9, "test_acc": 0.7}) == pytest.approx(0.2)
+    assert plots.gen_error({"test_acc": 0.7}) is None
+    assert plots.gen_error_offset({"test_acc": 0.7, "gen_error": 0.1}) is None
+
+
+@pytest.fixture()
+def one_thread() -> Any:
+    """One PyTorch thread: tiny models on a shared CPU run several times faster so."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_report_of_a_real_grid_equals_its_records(
+    tmp_path: Path, shared_data: Path, one_thread: None
+) -> None:
+    """A real 2 schemes x 2 seeds grid through compare, then report: the table's numbers are
+    those computed here, directly from the records.jsonl files."""
+    targets = [0.15, 0.5]
+    plans = plans_for_schemes(
+        ["standard", "acp"],
+        base={
+            "dataset": "mnist",
+            "data_dir": str(shared_data),
+            "model": "smallcnn",
+            "cut": 1,
+            "subset": 64,
+            "test_subset": 64,
+            "batch_size": 16,
+            "clients": 2,
+            "rounds": 3,
+            "progress": False,
+        },
+        seeds=[0, 1],
+    )
+    result = compare(plans, out_dir=tmp_path, workers=1, progress=False)
+    assert {v["status"] for v in result.results.values()} == {"done"}
+    files = write_report(tmp_path, targets=targets)
+    records = {
+        (p.label, p.seed): [
+            json.loads(ln) for ln in (tmp_path / p.key / "records.jsonl").read_text().splitlines()
+        ]
+        for p in plans
+    }
+    assert {len(r) for r in records.values()} == {3}
+    acp = records[("acp", 0)][0]
+    assert len(acp["ratios"]) == 4 and acp["ratio_mean"] == pytest.approx(
+        sum(acp["ratios"]) / 4
+    )  # 64 samples / batch 16: 4 iterations a round
+    assert not any(records[("standard", 0)][0]["ratios"])  # never prunes: [] or zeros
+    assert "ratio_iter" in files.plots and "gen_gap_offset" in files.plots
+
+    table = {r["label"]: r for r in _read_csv(files.table_csv)}
+    assert set(table) == {"standard", "acp"}
+    md = files.table_md.read_text()
+    reached_any = False
+    for label, row in table.items():
+        runs = [records[(label, seed)] for seed in (0, 1)]
+        mean, std = _naive_mean_std([recs[-1]["test_acc"] for recs in runs])
+        assert float(row["final_acc_mean"]) == pytest.approx(mean, abs=1e-12)
+        assert float(row["final_acc_std"]) == pytest.approx(std, abs=1e-12)
+        assert f"| {label} | 2 | {100 * mean:.2f} ± {100 * std:.2f} |" in md
+        for target in targets:
+            key = f"{100 * target:g}"
+            rounds, cut = [], []
+            for recs in runs:
+                hit = next((r for r in recs if r["test_acc"] >= target), None)
+                if hit is not None:
+                    rounds.append(float(hit["round"]))
+                    cut.append(float(hit["bytes_up_total"] + hit["bytes_down_total"]))
+            assert int(row[f"reached_{key}"]) == len(rounds)
+            if not rounds:
+                assert row[f"rounds_to_{key}_mean"] == "nan"
+                continue
+            reached_any = True
+            m, sd = _naive_mean_std(rounds)
+            assert float(row[f"rounds_to_{key}_mean"]) == pytest.approx(m)
+            assert float(row[f"rounds_to_{key}_std"]) == pytest.approx(sd)
+            m, sd = _naive_mean_std(cut)
+            assert float(row[f"cut_bytes_to_{key}_mean"]) == pytest.approx(m)
+            assert float(row[f"cut_bytes_to_{key}_std"]) == pytest.approx(sd)
+    assert reached_any  # the checks above compared real numbers at least once

@@ -55,10 +55,16 @@ FILES = {
     "acc_bytes": "acc_vs_bytes.png",
     "loss_round": "loss_vs_round.png",
     "ratio_round": "ratio_vs_round.png",
+    "ratio_iter": "ratio_vs_iteration.png",
     "kept_hist": "kept_hist.png",
     "topk_hist": "topk_hist.png",
     "gen_gap": "gen_gap.png",
+    "gen_gap_offset": "gen_gap_offset.png",
 }
+#: The RandTopk paper's Fig. 4(b) plots the generalization error minus this line of the
+#: training accuracy (both as fractions): ``gen_error - (0.5 * train_acc - 0.2)``.
+GEN_OFFSET_SLOPE = 0.5
+GEN_OFFSET_INTERCEPT = -0.2
 
 
 def label_colors(labels: Sequence[str]) -> dict[str, str]:
@@ -126,11 +132,29 @@ def _series(
     return xs, [sum(v) / len(v) for v in ys], [min(v) for v in ys], [max(v) for v in ys]
 
 
-def _gap(record: Mapping[str, Any]) -> float | None:
+def gen_error(record: Mapping[str, Any]) -> float | None:
+    """A round's generalization error ``train_acc - test_acc`` as a fraction: the record's
+    ``gen_error`` when it has one, else computed from its accuracies (older records)."""
+    if record.get("gen_error") is not None:
+        return float(record["gen_error"])
     train, test = record.get("train_acc"), record.get("test_acc")
     if train is None or test is None:
         return None
-    return 100.0 * (float(train) - float(test))
+    return float(train) - float(test)
+
+
+def gen_error_offset(record: Mapping[str, Any]) -> float | None:
+    """The quantity of the RandTopk paper's Fig. 4(b) y axis: the generalization error minus
+    ``0.5 * train_acc - 0.2`` (fractions), or ``None`` without accuracies."""
+    gap, train = gen_error(record), record.get("train_acc")
+    if gap is None or train is None:
+        return None
+    return gap - (GEN_OFFSET_SLOPE * float(train) + GEN_OFFSET_INTERCEPT)
+
+
+def _gap(record: Mapping[str, Any]) -> float | None:
+    gap = gen_error(record)
+    return None if gap is None else 100.0 * gap
 
 
 def _legend(fig: Any, axes: Sequence[Any]) -> int:
@@ -177,8 +201,11 @@ def plot_curves(
         panels: the grid's data (see the module docstring).
         kind: ``acc_round`` (test accuracy vs round), ``acc_bytes`` (test accuracy vs
             cumulative cut bytes, log axis), ``loss_round`` (training loss vs round),
-            ``ratio_round`` (pruning ratio vs round: mean line, min-max band) or ``gen_gap``
-            (train minus test accuracy vs train accuracy).
+            ``ratio_round`` (pruning ratio vs round: mean line, min-max band),
+            ``ratio_iter`` (pruning ratio ``P_t`` vs global iteration, from the records'
+            ``ratios``; see :func:`ratio_iteration_series`), ``gen_gap`` (generalization
+            error, train minus test accuracy, vs train accuracy) or ``gen_gap_offset`` (the
+            same minus ``0.5 * train_acc - 0.2``, as the RandTopk paper's Fig. 4(b) plots it).
         path: the PNG to write.
         title: the figure's title.
         colors: label -> colour (use :func:`label_colors` over the whole report).
@@ -198,11 +225,25 @@ def plot_curves(
         ),
         "loss_round": ("round", "train_loss", "round", "training loss (cross-entropy)", 1.0),
         "ratio_round": ("round", "ratio_mean", "round", "pruning ratio (%)", 100.0),
+        "ratio_iter": (
+            "iteration",
+            "ratios",
+            "global iteration (mini-batch steps of all clients)",
+            "P_t (% of cut channels pruned)",
+            100.0,
+        ),
         "gen_gap": (
             "train",
             "gen_gap",
             "training accuracy (%)",
-            "train - test accuracy (points)",
+            "generalization error: train - test accuracy (points)",
+            1.0,
+        ),
+        "gen_gap_offset": (
+            "train",
+            "gen_gap",
+            "training accuracy (%)",
+            "gen. error - (0.5 x train acc - 0.2) (points)",
             1.0,
         ),
     }
@@ -214,14 +255,16 @@ def plot_curves(
     drawn = False
     for ax, (panel_title, runs_by_label) in zip(axes, panels):
         for label, runs in runs_by_label.items():
-            if kind == "gen_gap":
-                series = _gap_series(runs)
+            if kind in ("gen_gap", "gen_gap_offset"):
+                series = _gap_series(runs, offset=kind == "gen_gap_offset")
+            elif kind == "ratio_iter":
+                series = ratio_iteration_series(runs)
             else:
                 series = _series(runs, x=xkey, y=ykey)
             if series is None:
                 continue
             xs, mean, lo, hi = series
-            if kind == "ratio_round" and not any(mean):
+            if kind in ("ratio_round", "ratio_iter") and not any(mean):
                 continue  # schemes that never prune (standard, quant) would sit on 0
             color = colors.get(label, "#444444")
             ax.plot(
@@ -250,6 +293,8 @@ def plot_curves(
                 ax.axhline(100 * target, color="#888888", ls=":", lw=1)
         if kind == "acc_bytes":
             _log_axis(ax)
+        if kind in ("gen_gap", "gen_gap_offset"):
+            ax.axhline(0.0, color="#888888", ls=":", lw=1)
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -270,21 +315,78 @@ def _log_axis(ax: Any) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _gap_series(
-    runs: Sequence[Records],
-) -> tuple[list[float], list[float], list[float], list[float]] | None:
+def gen_gap_points(
+    runs: Sequence[Records], *, offset: bool = False
+) -> tuple[list[float], list[float]] | None:
+    """Every round of every seed as (training accuracy %, generalization error in points),
+    sorted by training accuracy; with ``offset``, the y value is the RandTopk paper's
+    Fig. 4(b) one (:func:`gen_error_offset`). ``None`` when no record has accuracies."""
     pts = []
     for records in runs:
         for r in records:
-            gap = _gap(r)
-            if gap is not None:
-                pts.append((100.0 * float(r["train_acc"]), gap))
+            value = gen_error_offset(r) if offset else gen_error(r)
+            if value is not None and r.get("train_acc") is not None:
+                pts.append((100.0 * float(r["train_acc"]), 100.0 * value))
     if not pts:
         return None
     pts.sort()
-    xs = [p[0] for p in pts]
-    ys = [p[1] for p in pts]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _gap_series(
+    runs: Sequence[Records], *, offset: bool = False
+) -> tuple[list[float], list[float], list[float], list[float]] | None:
+    found = gen_gap_points(runs, offset=offset)
+    if found is None:
+        return None
+    xs, ys = found
     return xs, ys, ys, ys
+
+
+def ratio_iteration_series(
+    runs: Sequence[Records],
+) -> tuple[list[float], list[float], list[float], list[float]] | None:
+    """Pruning ratio ``P_t`` against the global iteration: (iterations, mean over seeds,
+    band low, band high), as fractions.
+
+    A record with ``ratios`` contributes one point per iteration of its round (the first is
+    iteration ``record["iteration"] - len(ratios) + 1``); the band is the seeds' min-max at
+    that iteration. A record without ``ratios`` (written before the field existed)
+    contributes one point at its round's last iteration: its ``ratio_mean``, with its
+    ``ratio_min`` / ``ratio_max`` as the band. Seeds are aligned by iteration; only the
+    iterations every seed with ratios has are drawn. ``None`` when no run has a ratio.
+    """
+    per_seed: list[dict[int, tuple[float, float, float]]] = []
+    for records in runs:
+        points: dict[int, tuple[float, float, float]] = {}
+        for r in records:
+            last = int(r.get("iteration") or r["round"])
+            ratios = r.get("ratios")
+            if ratios is not None:
+                first = last - len(ratios) + 1
+                for i, value in enumerate(ratios):
+                    if value is not None:
+                        v = float(value)
+                        points[first + i] = (v, v, v)
+            elif r.get("ratio_mean") is not None:
+                avg = float(r["ratio_mean"])
+                low = float(r["ratio_min"]) if r.get("ratio_min") is not None else avg
+                high = float(r["ratio_max"]) if r.get("ratio_max") is not None else avg
+                points[last] = (avg, low, high)
+        if points:
+            per_seed.append(points)
+    if not per_seed:
+        return None
+    common = set(per_seed[0])
+    for points in per_seed[1:]:
+        common &= set(points)
+    xs = sorted(common)
+    if not xs:
+        return None
+    mean = [sum(p[x][0] for p in per_seed) / len(per_seed) for x in xs]
+    lo = [min(p[x][1] for p in per_seed) for x in xs]
+    hi = [max(p[x][2] for p in per_seed) for x in xs]
+    return [float(x) for x in xs], mean, lo, hi
 
 
 def _ratio_band(runs: Sequence[Records]) -> tuple[list[float], list[float]]:

@@ -356,7 +356,8 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--plots",
         nargs="+",
         metavar="KIND",
-        help="acc_round acc_bytes loss_round ratio_round kept_hist topk_hist gen_gap "
+        help="acc_round acc_bytes loss_round ratio_round ratio_iter kept_hist topk_hist "
+        "gen_gap gen_gap_offset "
         "(default: the preset's, else all with data)",
     )
     p.add_argument(

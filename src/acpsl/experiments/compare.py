@@ -20,13 +20,14 @@ Where the runs execute:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -35,7 +36,7 @@ from typing import Any
 from tqdm import tqdm
 
 from acpsl.engine.records import write_atomic
-from acpsl.errors import ConfigError, TrainingError
+from acpsl.errors import AcpslError, ConfigError, TrainingError
 from acpsl.experiments.presets import RunPlan
 from acpsl.experiments.runner import is_finished, run_dir, run_plan
 from acpsl.experiments.runs import GRID_FILE
@@ -45,6 +46,50 @@ PLAN_FILE = ".plan.json"
 LOG_FILE = "log.txt"
 #: What a worker writes when its run is done.
 RESULT_FILE = ".result.json"
+#: The file ``compare`` locks (``flock``) in the grid's directory while it runs.
+LOCK_FILE = ".compare.lock"
+
+
+class GridBusyError(AcpslError, RuntimeError):
+    """Another ``compare`` is running on the same grid directory."""
+
+
+@contextlib.contextmanager
+def grid_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``root/.compare.lock`` (created if needed) while the
+    block runs, so that two ``compare`` on the same directory never train the same run twice.
+
+    The kernel drops the lock when the holder dies, even on SIGKILL, so a stale lock file is
+    harmless. (Without :mod:`fcntl`, e.g. on Windows, nothing is locked.) With Ray, the lock
+    guards against drivers on machines that share the lock's file system (``flock`` on NFS
+    depends on the server).
+
+    Raises:
+        GridBusyError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", errors="replace").strip()
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise GridBusyError(
+                f"another acpsl compare{who} is running on {root}; wait for it to finish or "
+                "stop it, or pass a different --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass
@@ -113,6 +158,9 @@ def compare(
     Returns:
         A :class:`CompareResult`. Runs that fail do not stop the others; the caller decides
         what a failure means (the CLI exits 1 and lists them).
+
+    Raises:
+        GridBusyError: another ``compare`` holds ``out_dir``'s lock (:func:`grid_lock`).
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers={workers!r} must be a positive integer")
@@ -125,6 +173,30 @@ def compare(
     if ray_address is None:
         preflight(plans)
     root = Path(out_dir)
+    with grid_lock(root):
+        return _compare_locked(
+            plans,
+            root=root,
+            workers=workers,
+            ray_address=ray_address,
+            meta=meta,
+            progress=progress,
+            threads=threads,
+            ray_gpus=ray_gpus,
+        )
+
+
+def _compare_locked(
+    plans: Sequence[RunPlan],
+    *,
+    root: Path,
+    workers: int,
+    ray_address: str | None,
+    meta: Mapping[str, Any] | None,
+    progress: bool,
+    threads: int | None,
+    ray_gpus: float,
+) -> CompareResult:
     write_grid(root, plans, dict(meta or {}))
     result = CompareResult(root=root)
     if not plans:

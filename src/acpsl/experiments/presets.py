@@ -78,9 +78,11 @@ PLOT_KINDS = (
     "acc_bytes",
     "loss_round",
     "ratio_round",
+    "ratio_iter",
     "kept_hist",
     "topk_hist",
     "gen_gap",
+    "gen_gap_offset",
 )
 #: Training-set sizes of the supported datasets (for ``fraction``); fixed by the datasets.
 TRAIN_SIZES = {"mnist": 60000, "fashion-mnist": 60000, "cifar-10": 50000, "cifar-100": 50000}

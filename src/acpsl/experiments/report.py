@@ -382,9 +382,12 @@ _PLOT_TITLES = {
     "acc_bytes": "Test accuracy vs cumulative cut traffic",
     "loss_round": "Training loss vs round",
     "ratio_round": "Pruning ratio vs round (mean; band: min-max over iterations)",
+    "ratio_iter": "Pruning ratio P_t vs global iteration (shaded: min-max)",
     "kept_hist": "How often each channel was kept in training (cumulative)",
     "topk_hist": "How often each cut neuron is top-k at inference (training set)",
-    "gen_gap": "Generalization gap vs training accuracy",
+    "gen_gap": "Generalization error (train - test accuracy) vs training accuracy",
+    "gen_gap_offset": "Generalization error minus (0.5 x train acc - 0.2), the RandTopk "
+    "paper's Fig. 4(b) y axis, vs training accuracy",
 }
 
 
