@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from acpsl.config import TrainConfig
+from acpsl.cut.payload import header_size
 from acpsl.engine import train
 
 pytestmark = pytest.mark.slow
@@ -19,7 +20,7 @@ SUBSET = 1280  # 256 samples per client, 4 batches of 64 each round when IID
 BATCH = 64
 # ResNet-18 (ImageNet stem) on 28x28: client output [B, 64, 7, 7]
 CHANNELS, MAP = 64, 7 * 7
-HEADER = 22
+HEADER = header_size(4)  # 23 bytes
 
 
 def run(tmp_path: Path, data: Path, partition: str, *, scheme: str = "acp", rounds: int = 2):

@@ -10,6 +10,7 @@ import torch
 
 from acpsl import models
 from acpsl.config import TrainConfig
+from acpsl.cut.payload import header_size
 from acpsl.cut.state import encode_state_dict
 from acpsl.engine import train
 from acpsl.engine.checkpoint import load_checkpoint
@@ -60,10 +61,10 @@ def test_records_hold_exact_byte_counts(shared_data, tmp_path):
         b for n in sizes for b in [BATCH] * (n // BATCH) + ([n % BATCH] if n % BATCH else [])
     ]
     d = 32 * 14 * 14  # smallcnn's smashed data per sample at cut 1 on 28x28
-    up = sum(22 + b * d * 4 for b in batches)
-    labels = sum(10 + 1 + b for b in batches)
+    up = sum(header_size(4) + b * d * 4 for b in batches)
+    labels = sum(header_size(1) + 1 + b for b in batches)
     test_batches = [BATCH] * (TEST_SUBSET // BATCH) + [TEST_SUBSET % BATCH]
-    evals = sum(22 + b * d * 4 + 10 + 1 + b for b in test_batches)
+    evals = sum(header_size(4) + b * d * 4 + header_size(1) + 1 + b for b in test_batches)
     # Sequential hand-off: model + Adam state; 2 hand-offs in round 1, 3 in round 2.
     split = models.create("smallcnn", in_channels=1, num_classes=10, cut=1, seed=0)
     opt = make_optimizer(split.client.parameters(), config=config)
@@ -198,7 +199,11 @@ def test_resume_without_a_checkpoint_starts_over(shared_data, tmp_path):
     d = 32 * 14 * 14  # smallcnn's smashed data per sample at cut 1 on 28x28
     batches = [BATCH, BATCH, SUBSET // CLIENTS - 2 * BATCH] * CLIENTS  # 24, 24, 16 per client
     assert record["round"] == 1 and record["iteration"] == len(batches)
-    assert record["bytes_up"] == record["bytes_up_total"] == sum(22 + 4 * b * d for b in batches)
+    assert (
+        record["bytes_up"]
+        == record["bytes_up_total"]
+        == sum(header_size(4) + 4 * b * d for b in batches)
+    )
     assert record["train_loss"] > 0 and 0 <= record["test_acc"] <= 1
 
 

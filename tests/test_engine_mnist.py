@@ -14,6 +14,7 @@ import time
 import pytest
 
 from acpsl.config import TrainConfig
+from acpsl.cut.payload import header_size
 from acpsl.engine import train
 from acpsl.engine.loop import RECORDS
 
@@ -60,10 +61,10 @@ def test_standard_sl_on_mnist_with_the_paper_split_reaches_95_percent(shared_dat
     accs = [r["test_acc"] for r in records]
     print(f"test accuracy per round {accs}, {elapsed:.1f} s")
     assert [r["round"] for r in records] == list(range(1, ROUNDS + 1))
-    # real bytes: every batch of [B, 64, 7, 7] float32 with a 22-byte header, both ways
+    # real bytes: every batch of [B, 64, 7, 7] float32 with a 23-byte header, both ways
     per_client = SUBSET // 5
     batches = [BATCH] * (per_client // BATCH) + ([per_client % BATCH] if per_client % BATCH else [])
-    up = sum(22 + 4 * b * 64 * 7 * 7 for b in batches * 5)
+    up = sum(header_size(4) + 4 * b * 64 * 7 * 7 for b in batches * 5)
     assert all(r["bytes_up"] == r["bytes_down"] == up for r in records)
     assert records[-1]["train_loss"] < 0.5 and records[-1]["train_acc"] > 0.8
     assert summary.final_acc == accs[-1] >= MIN_ACC, accs

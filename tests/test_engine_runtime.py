@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from acpsl import models, schemes
 from acpsl.config import TrainConfig
 from acpsl.cut.labels import encode_labels
+from acpsl.cut.payload import header_size
 from acpsl.engine import ClientRuntime, ServerRuntime
 from acpsl.engine.aggregate import splitfed_aggregate, weighted_average
 from acpsl.engine.optim import make_optimizer
@@ -70,9 +71,9 @@ def test_byte_counts_of_the_paper_split_are_exact():
     b = 8
     x, y = batch(b)
     up = client.forward(x, y, t=1, total=1)
-    header = 6 + 4 * 4
-    assert len(up.smashed) == header + b * 64 * 7 * 7 * 4 == 100_374
-    assert len(up.labels) == (6 + 4) + 1 + b == 19
+    header = header_size(4)
+    assert len(up.smashed) == header + b * 64 * 7 * 7 * 4 == 100_375
+    assert len(up.labels) == header_size(1) + 1 + b == 20
     down, _, _ = server.step(0, up.smashed, up.labels)
     assert len(down) == len(up.smashed)
     client.backward(down)

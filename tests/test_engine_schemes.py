@@ -16,12 +16,13 @@ import pytest
 
 from acpsl import schemes
 from acpsl.config import TrainConfig
+from acpsl.cut.payload import header_size
 from acpsl.engine import train
 from acpsl.engine.loop import RECORDS
 from acpsl.engine.records import RECORD_FIELDS
 
 SUBSET, TEST_SUBSET, CLIENTS, BATCH = 1000, 500, 2, 20
-HEADER = 22  # the cut's frame header (acpsl.cut)
+HEADER = header_size(4)  # the cut's payload header (acpsl.cut): 23 bytes
 D = 32 * 14 * 14  # smallcnn's smashed data per sample at cut 1 on 28x28
 
 #: Parameters that make each scheme compress for real (none: its defaults), and the test

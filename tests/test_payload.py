@@ -12,8 +12,12 @@ from hypothesis import strategies as st
 from acpsl import PayloadError
 from acpsl.cut.labels import decode_labels, encode_labels
 from acpsl.cut.payload import (
+    CODE_DTYPES,
+    DTYPE_CODES,
+    HEADER_FIXED,
     KIND_FORWARD,
     KIND_GRAD,
+    KIND_LABELS,
     PayloadReader,
     decode_header,
     encode_header,
@@ -26,10 +30,12 @@ from acpsl.schemes import create
 
 def test_header_layout_is_exact() -> None:
     data = encode_header(scheme_id=7, kind=KIND_GRAD, shape=(128, 64, 7, 7))
-    assert len(data) == header_size(4) == 22
+    assert HEADER_FIXED == 7
+    assert len(data) == header_size(4) == 23
     assert data[:2] == b"SL"
-    assert data[2:6] == bytes([1, 7, KIND_GRAD, 4])
-    assert struct.unpack("<4I", data[6:]) == (128, 64, 7, 7)
+    # version 2, scheme id, kind, dtype code (float32 = 0), ndim
+    assert data[2:7] == bytes([2, 7, KIND_GRAD, 0, 4])
+    assert struct.unpack("<4I", data[7:]) == (128, 64, 7, 7)
     reader = PayloadReader(data, what="t")
     assert decode_header(reader, scheme_id=7, kind=KIND_GRAD) == (128, 64, 7, 7)
     reader.finish()
@@ -42,7 +48,9 @@ def test_header_layout_is_exact() -> None:
         (lambda b: b[:2] + bytes([9]) + b[3:], "format version"),
         (lambda b: b[:3] + bytes([2]) + b[4:], "scheme id"),
         (lambda b: b[:4] + bytes([KIND_GRAD]) + b[5:], "kind"),
-        (lambda b: b[:5] + bytes([200]) + b[6:], "dimensions"),
+        (lambda b: b[:5] + bytes([200]) + b[6:], "unknown dtype code 200"),
+        (lambda b: b[:5] + bytes([DTYPE_CODES[torch.int64]]) + b[6:], "declares dtype int64"),
+        (lambda b: b[:6] + bytes([200]) + b[7:], "dimensions"),
         (lambda b: b[:10], "truncated"),
     ],
 )
@@ -50,6 +58,53 @@ def test_header_rejects_corruption(mutate, message: str) -> None:
     data = mutate(encode_header(scheme_id=1, kind=KIND_FORWARD, shape=(2, 3)))
     with pytest.raises(PayloadError, match=message):
         decode_header(PayloadReader(data, what="t"), scheme_id=1, kind=KIND_FORWARD)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODES))
+def test_header_dtype_round_trip(dtype: torch.dtype) -> None:
+    data = encode_header(scheme_id=3, kind=KIND_FORWARD, shape=(5, 2), dtype=dtype)
+    assert data[5] == DTYPE_CODES[dtype] and CODE_DTYPES[data[5]] == dtype
+    reader = PayloadReader(data, what="t")
+    assert decode_header(reader, scheme_id=3, kind=KIND_FORWARD, dtype=dtype) == (5, 2)
+    reader.finish()
+
+
+def test_dtype_codes_are_distinct_bytes() -> None:
+    assert sorted(DTYPE_CODES.values()) == list(range(len(DTYPE_CODES)))
+    with pytest.raises(ValueError, match="no payload code"):
+        encode_header(scheme_id=3, kind=KIND_FORWARD, shape=(1,), dtype=torch.complex64)
+
+
+def test_header_rejects_unknown_dtype_code() -> None:
+    data = bytearray(encode_header(scheme_id=3, kind=KIND_FORWARD, shape=(5, 2)))
+    data[5] = 99
+    with pytest.raises(PayloadError, match="unknown dtype code 99"):
+        decode_header(PayloadReader(bytes(data), what="t"), scheme_id=3, kind=KIND_FORWARD)
+
+
+def test_header_rejects_dtype_the_decoder_does_not_rebuild() -> None:
+    data = encode_header(scheme_id=3, kind=KIND_FORWARD, shape=(5, 2), dtype=torch.float16)
+    with pytest.raises(
+        PayloadError, match="payload declares dtype float16, this decoder rebuilds float32"
+    ):
+        decode_header(PayloadReader(data, what="t"), scheme_id=3, kind=KIND_FORWARD)
+    # the real decoders check it too: float32 labels, int64 smashed data
+    labels = bytearray(encode_labels(torch.tensor([1, 2, 3])))
+    assert labels[4] == KIND_LABELS and labels[5] == DTYPE_CODES[torch.int64]
+    labels[5] = DTYPE_CODES[torch.float32]
+    with pytest.raises(PayloadError, match="declares dtype float32, this decoder rebuilds int64"):
+        decode_labels(bytes(labels))
+    smashed = bytearray(create("standard").compress(torch.randn(2, 3)))
+    smashed[5] = DTYPE_CODES[torch.int64]
+    with pytest.raises(PayloadError, match="declares dtype int64, this decoder rebuilds float32"):
+        create("standard").decompress(bytes(smashed))
+
+
+def test_header_rejects_format_version_1() -> None:
+    # a version-1 header: magic, version 1, scheme, kind, ndim, shape (no dtype byte)
+    v1 = b"SL" + struct.pack("<BBBB2I", 1, 3, KIND_FORWARD, 2, 5, 2)
+    with pytest.raises(PayloadError, match="format version 1, this acpsl reads version 2"):
+        decode_header(PayloadReader(v1, what="t"), scheme_id=3, kind=KIND_FORWARD)
 
 
 def test_reader_rejects_trailing_bytes_and_non_bytes() -> None:
@@ -92,7 +147,7 @@ def test_standard_scheme_bytes_and_round_trip() -> None:
     scheme = create("standard")
     x = torch.randn(16, 64, 7, 7)
     data = scheme.compress(x)
-    assert len(data) == 22 + 16 * 64 * 7 * 7 * 4
+    assert len(data) == header_size(4) + 16 * 64 * 7 * 7 * 4
     assert torch.equal(scheme.decompress(data), x)
     g = torch.randn_like(x)
     gdata = scheme.compress_grad(g)

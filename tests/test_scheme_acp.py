@@ -11,10 +11,13 @@ import torch
 
 from acpsl import lcis, schemes
 from acpsl.acp import keep_indices, prune_count
-from acpsl.cut.payload import header_size, unpack_bits
+from acpsl.cut.payload import HEADER_FIXED, header_size, unpack_bits
 from acpsl.errors import CheckpointError, ConfigError, PayloadError, TrainingError
 
 B, N, H, W = 6, 10, 3, 3
+#: Header of a 4-D payload; the N-bit mask (2 bytes for N = 10) follows it.
+HEAD = header_size(4)
+MASK = slice(HEAD, HEAD + 2)
 
 
 def separable_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,12 +54,14 @@ def test_exact_payload_bytes_for_a_known_mask():
     client.set_iteration(t=1, total=10)
     data = client.compress(x, labels=labels)
     kept = 3
-    assert header_size(4) == 22
-    assert len(data) == 22 + math.ceil(N / 8) + B * kept * H * W * 4  # = 672
-    assert data[22:24] == bytes([0b10100100, 0b00000000])  # bits 2, 5, 7 (LSB first)
-    assert struct.unpack("<4I", data[6:22]) == (B, N, H, W)
-    assert unpack_bits(data[22:24], N).nonzero().reshape(-1).tolist() == [2, 5, 7]
-    values = torch.frombuffer(bytearray(data[24:]), dtype=torch.float32).reshape(B, kept, H, W)
+    assert HEAD == 23
+    assert len(data) == HEAD + math.ceil(N / 8) + B * kept * H * W * 4  # = 673
+    assert data[MASK] == bytes([0b10100100, 0b00000000])  # bits 2, 5, 7 (LSB first)
+    assert struct.unpack("<4I", data[HEADER_FIXED:HEAD]) == (B, N, H, W)
+    assert unpack_bits(data[MASK], N).nonzero().reshape(-1).tolist() == [2, 5, 7]
+    values = torch.frombuffer(bytearray(data[HEAD + 2 :]), dtype=torch.float32).reshape(
+        B, kept, H, W
+    )
     assert torch.equal(values, x[:, [2, 5, 7]])
     stats = client.stats()
     assert stats["ratio"] == 0.7 and stats["kept"] == 3.0
@@ -67,7 +72,7 @@ def test_exact_payload_bytes_for_a_known_mask():
     grad = torch.randn(B, N, H, W, generator=torch.Generator().manual_seed(0))
     server.decompress(data)
     down = server.compress_grad(grad)
-    assert len(down) == 22 + B * kept * H * W * 4  # the mask is not resent
+    assert len(down) == HEAD + B * kept * H * W * 4  # the mask is not resent
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -76,7 +81,7 @@ def test_round_trip_and_zero_gradient_on_pruned_channels(seed):
     client, server = schemes.create("acp"), schemes.create("acp")
     client.set_iteration(t=seed + 1, total=8)
     payload = client.compress(x, labels=labels)
-    mask = unpack_bits(payload[22:24], N)
+    mask = unpack_bits(payload[MASK], N)
     n_kept = N - prune_count(ratio=client.stats()["p_target"], channels=N)
     assert int(mask.sum()) == int(client.stats()["kept"]) == n_kept
     rebuilt = server.decompress(payload)
@@ -101,7 +106,7 @@ def test_client_backward_has_exactly_zero_gradient_on_pruned_channels():
     client, server = schemes.create("acp"), schemes.create("acp")
     a = conv(images)
     payload = client.compress(a.detach(), labels=labels)
-    mask = unpack_bits(payload[22:24], N)
+    mask = unpack_bits(payload[MASK], N)
     rebuilt = server.decompress(payload).requires_grad_(True)
     loss = (rebuilt * torch.randn(rebuilt.shape, generator=gen)).sum()
     loss.backward()
@@ -119,21 +124,21 @@ def test_malformed_payloads_raise_payload_error():
     data = client.compress(x, labels=labels)
     server = schemes.create("acp")
     bad_padding = bytearray(data)
-    bad_padding[23] |= 0b10000000  # bit 15 > N
+    bad_padding[HEAD + 1] |= 0b10000000  # bit 15 > N
     extra_channel = bytearray(data)
-    extra_channel[22] |= 0b00000001  # mask keeps 4 channels, values for 3
+    extra_channel[HEAD] |= 0b00000001  # mask keeps 4 channels, values for 3
     empty_mask = bytearray(data)
-    empty_mask[22:24] = b"\x00\x00"
+    empty_mask[MASK] = b"\x00\x00"
     wrong_kind = bytearray(data)
     wrong_kind[4] = 1
     wrong_scheme = schemes.create("standard").compress(x)
     flat = schemes.create("acp", ratio="fixed", scorer="l0")
     one_dim = bytearray(flat.compress(x.reshape(B, N * H * W)[:, :2]))
-    one_dim[5] = 1  # ndim 1
+    one_dim[6] = 1  # ndim 1
     for bad in (
         data[:-1],
         data + b"\x00",
-        data[:23],
+        data[: HEAD + 1],
         bytes(bad_padding),
         bytes(extra_channel),
         bytes(empty_mask),
@@ -235,9 +240,9 @@ def test_every_ablation_prunes_within_bounds_with_exact_bytes(scorer, score_mode
         kept = int(client.stats()["kept"])
         assert lo <= n - kept <= hi
         assert client.stats()["ratio"] == (n - kept) / n
-        assert len(data) == 22 + math.ceil(n / 8) + B * kept * H * W * 4
+        assert len(data) == HEAD + math.ceil(n / 8) + B * kept * H * W * 4
         rebuilt = server.decompress(data)
-        assert len(server.compress_grad(rebuilt)) == 22 + B * kept * H * W * 4
+        assert len(server.compress_grad(rebuilt)) == HEAD + B * kept * H * W * 4
         kept_total += kept
     assert len(client.kept_counts()) == n
     assert sum(client.kept_counts()) == kept_total
@@ -266,7 +271,7 @@ def test_ranking_uses_combined_scores_of_eq_8():
         inst = lcis.instantaneous_scores(x, labels)
         comb = lcis.combine(instantaneous=inst, historical=history.update(inst), alpha=1 - t / 4)
         expected = keep_indices(comb, keep=5)
-        assert unpack_bits(data[22:24], N).nonzero().reshape(-1).tolist() == expected.tolist()
+        assert unpack_bits(data[MASK], N).nonzero().reshape(-1).tolist() == expected.tolist()
         assert client.stats()["alpha"] == 1 - t / 4
 
 
@@ -274,8 +279,8 @@ def test_inference_uses_latest_history_and_ratio_and_changes_no_state():
     client = schemes.create("acp")
     x, labels = random_batch(0)
     data = client.compress(x, training=False)  # before any training: keep every channel
-    assert unpack_bits(data[22:24], N).all() and client.stats()["ratio"] == 0.0
-    assert len(data) == 22 + 2 + B * N * H * W * 4
+    assert unpack_bits(data[MASK], N).all() and client.stats()["ratio"] == 0.0
+    assert len(data) == HEAD + 2 + B * N * H * W * 4
     hist = lcis.ScoreHistory()
     for t in range(1, 4):
         x, labels = random_batch(t)
@@ -288,7 +293,7 @@ def test_inference_uses_latest_history_and_ratio_and_changes_no_state():
     test_x, _ = random_batch(99)
     data = client.compress(test_x, training=False)
     expected = keep_indices(hist.mean, keep=N - prune_count(ratio=latest, channels=N))
-    assert unpack_bits(data[22:24], N).nonzero().reshape(-1).tolist() == expected.tolist()
+    assert unpack_bits(data[MASK], N).nonzero().reshape(-1).tolist() == expected.tolist()
     after = client.state_dict()
     assert before.keys() == after.keys()
     for key, value in before.items():
@@ -341,7 +346,7 @@ def test_load_state_dict_rejects_foreign_state():
 def test_all_zero_features_keep_lowest_channels():
     client = schemes.create("acp", ratio="fixed")
     data = client.compress(torch.zeros(B, N, H, W), labels=torch.arange(B) % 3)
-    assert unpack_bits(data[22:24], N).nonzero().reshape(-1).tolist() == [0, 1, 2]
+    assert unpack_bits(data[MASK], N).nonzero().reshape(-1).tolist() == [0, 1, 2]
 
 
 def test_adaptive_ratio_reacts_to_separation_through_the_scheme():

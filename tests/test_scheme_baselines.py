@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import acpsl.schemes as schemes
-from acpsl.cut.payload import header_size
+from acpsl.cut.payload import KIND_FORWARD, encode_header, header_size
 from acpsl.errors import ConfigError, PayloadError, TrainingError
 from acpsl.schemes.randtopk import _smallest, randtopk_mask, randtopk_select
 from acpsl.schemes.selection import topk_mask
@@ -448,7 +448,7 @@ def test_tiny_payloads_declaring_huge_shapes_are_rejected_before_allocating() ->
     import tracemalloc
 
     def header(wire_id: int, shape: tuple[int, ...]) -> bytes:
-        return b"SL" + struct.pack(f"<BBBB{len(shape)}I", 1, wire_id, 0, len(shape), *shape)
+        return encode_header(scheme_id=wire_id, kind=KIND_FORWARD, shape=shape)
 
     huge = (2**31 - 1, 1)
     cases = [
@@ -460,7 +460,7 @@ def test_tiny_payloads_declaring_huge_shapes_are_rejected_before_allocating() ->
     tracemalloc.start()
     try:
         for name, data in cases:
-            with pytest.raises(PayloadError):
+            with pytest.raises(PayloadError, match=r"needs|is not in|does not match"):
                 schemes.create(name).decompress(data)
         _, peak = tracemalloc.get_traced_memory()
     finally:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from acpsl import schemes
+from acpsl.cut.payload import KIND_FORWARD, encode_header, header_size
 from acpsl.errors import ConfigError, PayloadError
 from acpsl.schemes.dropgroup import DROPGROUP_WIRE_ID, group_bounds, kept_channel_mask
 
@@ -41,8 +42,8 @@ def test_round_trip_zeroes_exactly_the_dropped_group(drop: int) -> None:
     client = schemes.create("dropgroup", groups=4, drop=drop)
     server = schemes.create("dropgroup", groups=4, drop=drop)
     data = client.compress(x)
-    # header (6 + 4 * 4) + u16 groups + u16 drop + 48 kept channels of 7x7 float32
-    assert len(data) == 22 + 4 + 4 * 5 * 48 * 49
+    # header (7 + 4 * 4) + u16 groups + u16 drop + 48 kept channels of 7x7 float32
+    assert len(data) == header_size(4) + 4 + 4 * 5 * 48 * 49
     rebuilt = server.decompress(data)
     expected = x.clone()
     expected[:, 16 * drop : 16 * (drop + 1)] = 0
@@ -108,10 +109,10 @@ def test_tiny_payload_declaring_a_huge_shape_is_rejected_before_allocating() -> 
     import struct
     import tracemalloc
 
-    # 18 bytes: header of a [1, 2**24] tensor + groups/drop, and no values at all.
-    data = b"SL" + struct.pack("<BBBB2I", 1, DROPGROUP_WIRE_ID, 0, 2, 1, 2**24)
+    # 19 bytes: header of a [1, 2**24] tensor + groups/drop, and no values at all.
+    data = encode_header(scheme_id=DROPGROUP_WIRE_ID, kind=KIND_FORWARD, shape=(1, 2**24))
     data += struct.pack("<HH", 4, 0)
-    assert len(data) == 18
+    assert len(data) == header_size(2) + 4 == 19
     scheme = schemes.create("dropgroup", groups=4, drop=0)
     tracemalloc.start()
     try:

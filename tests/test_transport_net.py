@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from acpsl import __version__  # noqa: E402
 from acpsl.config import TrainConfig  # noqa: E402
 from acpsl.cut.labels import encode_labels  # noqa: E402
-from acpsl.cut.payload import KIND_FORWARD  # noqa: E402
+from acpsl.cut.payload import KIND_FORWARD, header_size  # noqa: E402
 from acpsl.engine.loop import train  # noqa: E402
 from acpsl.schemes.standard import StandardScheme, encode_dense  # noqa: E402
 from acpsl.transport import splitlearning_pb2 as pb  # noqa: E402
@@ -429,9 +429,9 @@ def test_malformed_and_oversized_payloads_rejected_while_good_client_continues(
     assert [r["clients_dropped"] for r in records] == [[1], [1]]
     # only the good client's payloads were accepted and counted: 4 batches (32,32,32,24)
     sizes = (32, 32, 32, 24)
-    header = 6 + 4 * 4
+    header = header_size(4)
     assert records[0]["bytes_up"] == sum(header + 4 * b * 32 * 14 * 14 for b in sizes)
-    assert records[0]["bytes_labels"] == sum(6 + 4 + 1 + b for b in sizes)
+    assert records[0]["bytes_labels"] == sum(header_size(1) + 1 + b for b in sizes)
     assert records[0]["iteration"] == len(sizes)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from acpsl import __version__
 from acpsl.cut.labels import encode_labels
+from acpsl.cut.payload import header_size
 from acpsl.errors import ConfigError, PayloadError
 from acpsl.schemes.standard import StandardScheme
 from acpsl.transport import splitlearning_pb2 as pb
@@ -50,8 +51,8 @@ def test_step_framing_is_exactly_payload_plus_a_few_bytes_at_paper_size() -> Non
     x = torch.randn(128, 64, 7, 7)
     smashed = StandardScheme().compress(x)
     labels = encode_labels(torch.arange(128) % 10)
-    assert len(smashed) == 22 + 4 * x.numel() == 1_605_654
-    assert len(labels) == 6 + 4 + 1 + 128
+    assert len(smashed) == header_size(4) + 4 * x.numel() == 1_605_655
+    assert len(labels) == header_size(1) + 1 + 128
     session = pb.Session(client_id=3, key=b"k" * 16)
     msg = pb.StepRequest(session=session, turn=7, t=1234, smashed=smashed, labels=labels)
     session_len = 2 + _field_len(16)  # client_id (tag + 1-byte varint) + key
@@ -65,7 +66,7 @@ def test_step_framing_is_exactly_payload_plus_a_few_bytes_at_paper_size() -> Non
     assert msg.ByteSize() == expected == len(smashed) + len(labels) + 34
     assert msg.ByteSize() / (len(smashed) + len(labels)) <= 1.02
     reply = pb.StepReply(grad=StandardScheme().compress_grad(x))
-    assert reply.ByteSize() == _field_len(1_605_654) == 1_605_654 + 4
+    assert reply.ByteSize() == _field_len(1_605_655) == 1_605_655 + 4
     # the bytes on the wire decode back to the very same payload
     assert pb.StepRequest.FromString(msg.SerializeToString()).smashed == smashed
 

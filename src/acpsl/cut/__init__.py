@@ -5,6 +5,7 @@ labels have their own codec in :mod:`acpsl.cut.labels`.
 """
 
 from acpsl.cut.payload import (
+    DTYPE_CODES,
     HEADER_FIXED,
     KIND_FORWARD,
     KIND_GRAD,
@@ -19,6 +20,7 @@ from acpsl.cut.payload import (
 )
 
 __all__ = [
+    "DTYPE_CODES",
     "HEADER_FIXED",
     "KIND_FORWARD",
     "KIND_GRAD",

@@ -9,12 +9,18 @@ offset bytes  field
 2      1      format version (:data:`VERSION`)
 3      1      scheme wire id (each scheme class has its own, see ``Scheme.wire_id``)
 4      1      kind: :data:`KIND_FORWARD`, :data:`KIND_GRAD` or :data:`KIND_LABELS`
-5      1      ndim of the tensor the payload rebuilds
-6      4*ndim shape, little-endian uint32 per dimension
+5      1      dtype of the tensor the payload rebuilds (a code of :data:`DTYPE_CODES`)
+6      1      ndim of the tensor the payload rebuilds
+7      4*ndim shape, little-endian uint32 per dimension
 ====== ====== ==============================================================
 
-so the header of a ``[B, N, H, W]`` tensor is ``6 + 16 = 22`` bytes. The body layout is the
-scheme's own; every decoder reads it through :class:`PayloadReader`, which raises
+so the header of a ``[B, N, H, W]`` tensor is ``7 + 16 = 23`` bytes. Format version 1 had no
+dtype byte (``6 + 4*ndim`` bytes); it is rejected. The dtype is the one the decoder rebuilds
+(float32 for smashed data and gradients, int64 for labels), not the storage of the body,
+which is the scheme's own (e.g. packed codes or uint8 labels); :func:`decode_header` rejects
+a payload whose dtype is not the one its decoder rebuilds. dtype codes: 0 float32,
+1 float16, 2 bfloat16, 3 float64, 4 int64, 5 int32, 6 uint8, 7 bool. The body layout is the scheme's
+own; every decoder reads it through :class:`PayloadReader`, which raises
 :class:`~acpsl.errors.PayloadError` on truncation and on trailing bytes, so a decoder
 cannot silently accept a malformed payload.
 """
@@ -31,13 +37,26 @@ import torch
 from acpsl.errors import PayloadError
 
 MAGIC = b"SL"
-VERSION = 1
+VERSION = 2
 KIND_FORWARD = 0
 KIND_GRAD = 1
 KIND_LABELS = 2
 KIND_NAMES = {KIND_FORWARD: "forward", KIND_GRAD: "gradient", KIND_LABELS: "labels"}
+#: Wire code of the dtype of the tensor a payload rebuilds (header byte 5).
+DTYPE_CODES: dict[torch.dtype, int] = {
+    torch.float32: 0,
+    torch.float16: 1,
+    torch.bfloat16: 2,
+    torch.float64: 3,
+    torch.int64: 4,
+    torch.int32: 5,
+    torch.uint8: 6,
+    torch.bool: 7,
+}
+#: Inverse of :data:`DTYPE_CODES`.
+CODE_DTYPES: dict[int, torch.dtype] = {code: dtype for dtype, code in DTYPE_CODES.items()}
 #: Bytes of the header before the shape.
-HEADER_FIXED = 6
+HEADER_FIXED = 7
 #: Largest ndim a payload may declare (keeps a corrupt header from asking for huge shapes).
 MAX_NDIM = 8
 #: Largest number of elements a payload may declare (2**31 - 1: far above any cut tensor).
@@ -49,12 +68,26 @@ def header_size(ndim: int) -> int:
     return HEADER_FIXED + 4 * ndim
 
 
-def encode_header(*, scheme_id: int, kind: int, shape: Sequence[int]) -> bytes:
-    """Header bytes for a payload of ``kind`` produced by scheme ``scheme_id``."""
+def encode_header(
+    *, scheme_id: int, kind: int, shape: Sequence[int], dtype: torch.dtype = torch.float32
+) -> bytes:
+    """Header bytes for a payload of ``kind`` produced by scheme ``scheme_id``.
+
+    ``dtype`` is the dtype of the tensor the payload rebuilds (see :data:`DTYPE_CODES`).
+    """
     shape = tuple(int(s) for s in shape)
     if len(shape) > MAX_NDIM:
         raise ValueError(f"tensor has {len(shape)} dimensions; payloads allow at most {MAX_NDIM}")
-    return MAGIC + struct.pack(f"<BBBB{len(shape)}I", VERSION, scheme_id, kind, len(shape), *shape)
+    code = DTYPE_CODES.get(dtype)
+    if code is None:
+        raise ValueError(f"dtype {dtype} has no payload code (supported: {_dtype_names()})")
+    return MAGIC + struct.pack(
+        f"<BBBBB{len(shape)}I", VERSION, scheme_id, kind, code, len(shape), *shape
+    )
+
+
+def _dtype_names() -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in DTYPE_CODES)
 
 
 class PayloadReader:
@@ -133,7 +166,12 @@ class PayloadReader:
 
 
 def decode_header(
-    reader: PayloadReader, *, scheme_id: int, kind: int, ndim: int | None = None
+    reader: PayloadReader,
+    *,
+    scheme_id: int,
+    kind: int,
+    ndim: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[int, ...]:
     """Read and validate a header; returns the shape it declares.
 
@@ -142,9 +180,11 @@ def decode_header(
         scheme_id: the wire id the payload must carry.
         kind: the kind the payload must carry.
         ndim: if given, the number of dimensions the shape must have.
+        dtype: the dtype the decoder rebuilds; the payload must declare it.
 
     Raises:
-        PayloadError: wrong magic, version, scheme, kind, or an implausible shape.
+        PayloadError: wrong magic, version, scheme, kind, an unknown or unexpected dtype, or an
+            implausible shape.
     """
     what = reader.what
     magic = bytes(reader.take(2))
@@ -165,6 +205,15 @@ def decode_header(
         raise PayloadError(
             f"{what}: payload kind is {KIND_NAMES.get(got_kind, got_kind)!r}, "
             f"expected {KIND_NAMES.get(kind, kind)!r}"
+        )
+    code = reader.u8()
+    got_dtype = CODE_DTYPES.get(code)
+    if got_dtype is None:
+        raise PayloadError(f"{what}: unknown dtype code {code} (known: 0-{max(CODE_DTYPES)})")
+    if got_dtype != dtype:
+        raise PayloadError(
+            f"{what}: payload declares dtype {str(got_dtype).removeprefix('torch.')}, "
+            f"this decoder rebuilds {str(dtype).removeprefix('torch.')}"
         )
     got_ndim = reader.u8()
     if got_ndim > MAX_NDIM or (ndim is not None and got_ndim != ndim):

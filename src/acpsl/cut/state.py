@@ -6,7 +6,8 @@ bytes whose length is counted (``bytes_model``). ``torch.save`` would use pickle
 arbitrary code on load; this codec stores only names, dtypes, shapes and raw little-endian
 data, so decoding untrusted bytes can at worst raise :class:`~acpsl.errors.PayloadError`.
 
-Layout::
+This is its own format, not the ``b"SL"`` header of :mod:`acpsl.cut.payload`: a state holds
+many tensors of mixed dtypes, so each tensor's dtype and shape are in the skeleton. Layout::
 
     b"SD" | version u8 | skeleton length u32 | skeleton (UTF-8 JSON) | tensor data
 
