@@ -11,9 +11,12 @@ Gaussian, like post-activation smashed data): the time of ``compress`` followed 
 over ``--repeats`` interleaved pairs, so a noisy (shared) machine does not flip a verdict
 easily; the best-case ratio (fastest clone / fastest scheme call) is printed beside it. Also
 printed: the downlink (``compress_grad`` + ``decompress_grad``) median time and the uplink
-bytes against the float32 size. Goals: ratio >= 0.2 for every scheme except top-k and
-RandTopk (>= 0.05), which must select per sample. Prints PASS/FAIL per scheme and exits 1 if
-any goal is missed.
+bytes against the float32 size. Goals (the baseline-schemes issue): ratio >= 0.2 for the
+standard scheme and the baselines, except top-k and RandTopk (>= 0.05), which must select per
+sample. ``acp`` and ``dropgroup`` are measured and printed without a goal here: ACP-SL scores
+channels (LCIS) inside ``compress``, so its goal is per training iteration
+(``bench_acp_iteration.py``: <= 1.05 of standard SL). Prints PASS/FAIL per scheme with a goal
+and exits 1 if any goal is missed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import acpsl.schemes as schemes
 
 GOALS = {"topk": 0.05, "randtopk": 0.05}
 DEFAULT_GOAL = 0.2
+#: Schemes timed for information only (their goal is set elsewhere; see the module docstring).
+NO_GOAL = ("acp", "dropgroup")
 
 
 def paired_seconds(
@@ -99,13 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         down, _ = paired_seconds(downlink, x.clone, repeats=args.repeats)
         ratio = statistics.median(clone) / statistics.median(up)
         best = min(clone) / min(up)
-        goal = GOALS.get(name, DEFAULT_GOAL)
-        verdict = "PASS" if ratio >= goal else "FAIL"
-        if ratio < goal:
-            failed.append(name)
+        goal = None if name in NO_GOAL else GOALS.get(name, DEFAULT_GOAL)
+        if goal is None:
+            verdict, goal_text = "(no goal)", "    -"
+        else:
+            verdict, goal_text = ("PASS" if ratio >= goal else "FAIL"), f"{goal:5.2f}"
+            if ratio < goal:
+                failed.append(name)
         print(
             f"{name:<10} {statistics.median(clone) * 1e3:8.3f} {statistics.median(up) * 1e3:8.3f} "
-            f"{ratio:7.3f} {best:7.3f} {goal:5.2f} {statistics.median(down) * 1e3:8.3f} "
+            f"{ratio:7.3f} {best:7.3f} {goal_text} {statistics.median(down) * 1e3:8.3f} "
             f"{len(data):10d} {len(data) / (4 * x.numel()):8.3f}  {verdict}"
         )
     print("below goal: " + (", ".join(failed) if failed else "none"))
