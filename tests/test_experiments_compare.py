@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import session_alive
 
 from acpsl.errors import ConfigError, DataError, TrainingError
 from acpsl.experiments.cli import main as cli_main
@@ -63,22 +64,6 @@ def _rounds(out: Path) -> dict[str, list[int]]:
         lines = [ln for ln in path.read_text().splitlines(keepends=True) if ln.endswith("\n")]
         found[path.parent.relative_to(out).as_posix()] = [json.loads(ln)["round"] for ln in lines]
     return found
-
-
-def _session_alive(sid: int) -> list[int]:
-    """Pids of live (non-zombie) processes in session ``sid``."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            alive.append(int(entry.name))
-    return alive
 
 
 def _half_finished(out: Path) -> bool:
@@ -134,9 +119,9 @@ def test_compare_resumes_after_sigkill(tmp_path: Path, shared_data: Path) -> Non
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGCONT)  # any survivor would now run on, and be seen
     deadline = time.monotonic() + 20
-    while _session_alive(proc.pid) and time.monotonic() < deadline:
+    while session_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _session_alive(proc.pid) == [], "workers survived SIGKILL of compare"
+    assert session_alive(proc.pid) == [], "workers survived SIGKILL of compare"
     killed = _rounds(out)
     for key, rounds in killed.items():
         assert rounds == list(range(1, len(rounds) + 1)), (key, rounds)

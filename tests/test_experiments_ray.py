@@ -27,6 +27,8 @@ import pytest
 
 pytest.importorskip("ray", reason="ray is not installed (pip install 'acpsl[ray]')")
 
+from processes import session_alive
+
 from acpsl.experiments.cli import plans_for_schemes
 from acpsl.experiments.compare import compare
 
@@ -44,22 +46,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _session_alive(sid: int) -> list[int]:
-    """Pids of live (non-zombie) processes in session ``sid``."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            alive.append(int(entry.name))
-    return alive
-
-
 def _stop_session(proc: subprocess.Popen[bytes]) -> None:
     """Stop the cluster started by ``proc`` (its session leader): SIGTERM to ``ray start``
     (which stops its node gracefully), then SIGKILL to whatever is left of its session."""
@@ -75,10 +61,10 @@ def _stop_session(proc: subprocess.Popen[bytes]) -> None:
         pass
     proc.wait(timeout=30)
     deadline = time.monotonic() + 15
-    while sys.platform.startswith("linux") and _session_alive(proc.pid):
+    while sys.platform.startswith("linux") and session_alive(proc.pid):
         if time.monotonic() > deadline:
-            pytest.fail(f"ray processes survived the fixture: {_session_alive(proc.pid)}")
-        for pid in _session_alive(proc.pid):
+            pytest.fail(f"ray processes survived the fixture: {session_alive(proc.pid)}")
+        for pid in session_alive(proc.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
