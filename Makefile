@@ -26,7 +26,9 @@ test: lint  ## lint, types, and the whole test suite (CPU, minutes)
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed  ## benchmarks: each prints ratios measured in one run
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@failed=""; for b in benchmarks/bench_*.py; do echo "== $$b"; \
+		$(BIN)/python $$b || failed="$$failed $$b"; done; \
+	if [ -n "$$failed" ]; then echo "goals missed:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
