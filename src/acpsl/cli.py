@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from acpsl import __version__
-from acpsl.errors import AcpslError
+from acpsl.errors import AcpslError, os_error_reason
 
 #: Modules that add subcommands, in the order their commands are listed.
 PLUGINS: tuple[str, ...] = (
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _os_message(exc: OSError) -> str:
-    reason = exc.strerror or str(exc) or type(exc).__name__
+    reason = os_error_reason(exc)
     names = [str(n) for n in (exc.filename, exc.filename2) if n]
     text = f"{reason}: {' -> '.join(names)}" if names else reason
     return " ".join(text.split())

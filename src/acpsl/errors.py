@@ -34,3 +34,8 @@ class TrainingError(AcpslError, RuntimeError):
 
 class CheckpointError(AcpslError, RuntimeError):
     """A checkpoint or run directory is missing, corrupt, or does not match the configuration."""
+
+
+def os_error_reason(exc: OSError) -> str:
+    """The system's reason for ``exc`` in a few words (e.g. "No space left on device")."""
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -35,7 +35,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from acpsl.errors import ConfigError, TrainingError
@@ -104,11 +103,12 @@ def lcis_scores(features: torch.Tensor, labels: torch.Tensor) -> LcisScores:
     batch, channels, spatial = feats.shape
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     k = int(counts.numel())
-    flat = _to_score_dtype(feats.reshape(batch, channels * spatial))
+    flat = feats.reshape(batch, channels * spatial).to(SCORE_DTYPE)
     counts64 = counts.to(SCORE_DTYPE)
-    sums = _label_sums(flat, inverse, k)  # label sums; M[n] = sums[n] / |B_n| (eq. 1)
+    sums = torch.zeros(k, channels * spatial, dtype=SCORE_DTYPE, device=flat.device)
+    sums.index_add_(0, inverse, flat)  # label sums; M[n] = sums[n] / |B_n| (eq. 1)
     # Σ_n ||M_n||² = Σ_n ||sums_n||² / |B_n|²: the only pass over K maps.
-    energy = _square_(sums).reshape(k, channels, spatial).sum(dim=2)
+    energy = sums.square_().reshape(k, channels, spatial).sum(dim=2)
     energy_sum = (energy / counts64.square().unsqueeze(1)).sum(dim=0)
     # Σ_n M_n = Σ_b A_b / |B_{y_b}|, a pass over the batch instead of over the K means.
     total = (1.0 / counts64)[inverse] @ flat
@@ -134,40 +134,6 @@ def lcis_scores(features: torch.Tensor, labels: torch.Tensor) -> LcisScores:
     return LcisScores(
         intra=intra, inter=inter, separation=separation, instantaneous=inst, num_labels=k
     )
-
-
-def _to_score_dtype(t: torch.Tensor) -> torch.Tensor:
-    """``t.to(SCORE_DTYPE)``; on the CPU by NumPy's (exact, single-threaded) conversion."""
-    if t.device.type != "cpu" or t.dtype != torch.float32:
-        return t.to(SCORE_DTYPE)
-    return torch.from_numpy(t.detach().numpy().astype(np.float64))
-
-
-def _square_(t: torch.Tensor) -> torch.Tensor:
-    """``t.square_()``; on the CPU by NumPy (the same exact products, single-threaded)."""
-    if t.device.type != "cpu":
-        return t.square_()
-    arr = t.numpy()
-    np.square(arr, out=arr)
-    return t
-
-
-def _label_sums(flat: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
-    """``sums[n] = Σ_{b: inverse[b] = n} flat[b]``, rows added in batch order from zero.
-
-    On the CPU a loop of NumPy row additions: exactly the additions of
-    ``zeros.index_add_(0, inverse, flat)``, in the same order (so the same float64 sums), but
-    single-threaded; torch's CPU ``index_add_`` with several threads can stall for milliseconds
-    per index on a loaded machine (about 60 ms for a batch of 128 measured on 2 shared cores).
-    """
-    if flat.device.type != "cpu":
-        sums = torch.zeros(k, flat.shape[1], dtype=flat.dtype, device=flat.device)
-        return sums.index_add_(0, inverse, flat)
-    rows = flat.detach().numpy()
-    out = np.zeros((k, flat.shape[1]), dtype=rows.dtype)
-    for b, n in enumerate(inverse.tolist()):
-        out[n] += rows[b]
-    return torch.from_numpy(out)
 
 
 def raw_scores(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from acpsl.engine.records import gen_error as records_gen_error
+
 Records = Sequence[Mapping[str, Any]]
 PanelData = tuple[str, Mapping[str, Sequence[Records]]]
 
@@ -135,12 +137,8 @@ def _series(
 def gen_error(record: Mapping[str, Any]) -> float | None:
     """A round's generalization error ``train_acc - test_acc`` as a fraction: the record's
     ``gen_error`` when it has one, else computed from its accuracies (older records)."""
-    if record.get("gen_error") is not None:
-        return float(record["gen_error"])
-    train, test = record.get("train_acc"), record.get("test_acc")
-    if train is None or test is None:
-        return None
-    return float(train) - float(test)
+    stored = record.get("gen_error")
+    return float(stored) if stored is not None else records_gen_error(record)
 
 
 def gen_error_offset(record: Mapping[str, Any]) -> float | None:

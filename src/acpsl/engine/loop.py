@@ -22,11 +22,10 @@ Modes (SPEC section 5):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ from acpsl.engine.setup import (
     resolve_device,
     shuffle_order,
 )
-from acpsl.errors import CheckpointError, TrainingError
+from acpsl.errors import CheckpointError, TrainingError, os_error_reason
 
 Log = Callable[[str], None]
 
@@ -143,23 +142,20 @@ def train(
 
     device = resolve_device(config.device)
     run = build_run(config, device=device)
-    with run_dir_writes(out):
-        write_atomic(out / CONFIG, config.to_toml().encode("utf-8"))
-        _write_partition(run, out / PARTITION, say)
+    write_atomic(out / CONFIG, config.to_toml().encode("utf-8"))
+    _write_partition(run, out / PARTITION, say)
 
     totals = dict.fromkeys(_TOTALS, 0)
     t, wall_before, start_round = 0, 0.0, 1
     if ckpt is not None:
         _restore(run, ckpt)
-        with run_dir_writes(out):
-            records = truncate_records(records_path, rounds=int(ckpt["round"]))
+        records = truncate_records(records_path, rounds=int(ckpt["round"]))
         totals = {k: int(ckpt["totals"][k]) for k in _TOTALS}
         t, wall_before = int(ckpt["iteration"]), float(ckpt["wall_s"])
         start_round = int(ckpt["round"]) + 1
         say(f"resuming {out} after round {ckpt['round']} (iteration {t})")
     else:
-        with run_dir_writes(out):
-            write_atomic(records_path, b"")
+        write_atomic(records_path, b"")
         records = []
 
     say(
@@ -181,24 +177,22 @@ def train(
         record["round_s"] = now - round_start
         record["wall_s"] = wall_before + (now - segment_start)
         record = _ordered(record)
-        with run_dir_writes(out):
-            append_record(records_path, record)
-            kept = _kept_channels(run)
-            if kept is not None:
-                data = json.dumps({"round": r, **kept}).encode("utf-8")
-                write_atomic(out / KEPT_CHANNELS, data)
-            save_checkpoint(
-                ckpt_path,
-                _checkpoint_state(run, round_index=r, t=t, totals=totals, wall_s=record["wall_s"]),
-            )
+        append_record(records_path, record)
+        kept = _kept_channels(run)
+        if kept is not None:
+            data = json.dumps({"round": r, **kept}).encode("utf-8")
+            write_atomic(out / KEPT_CHANNELS, data)
+        save_checkpoint(
+            ckpt_path,
+            _checkpoint_state(run, round_index=r, t=t, totals=totals, wall_s=record["wall_s"]),
+        )
         records.append(record)
         say(_round_line(record, config.rounds))
         if on_round is not None:
             on_round(record)
 
     summary = summarize(records, out_dir=out, targets=config.target_acc)
-    with run_dir_writes(out):
-        write_atomic(out / SUMMARY, json.dumps(summary.to_dict(), indent=2).encode("utf-8"))
+    write_atomic(out / SUMMARY, json.dumps(summary.to_dict(), indent=2).encode("utf-8"))
     say("summary:\n" + summary.table())
     return summary
 
@@ -219,28 +213,8 @@ def make_run_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(
-            f"cannot create the run directory {out}: {_reason(exc)}; choose another --out"
+            f"cannot create the run directory {out}: {os_error_reason(exc)}; choose another --out"
         ) from None
-
-
-@contextlib.contextmanager
-def run_dir_writes(out: Path) -> Iterator[None]:
-    """Turn an :class:`OSError` writing into the run directory into a one-line error.
-
-    Raises:
-        CheckpointError: naming the directory and the system's reason (e.g. no space left).
-    """
-    try:
-        yield
-    except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        raise CheckpointError(
-            f"cannot write the run directory {out}{where}: {_reason(exc)}"
-        ) from None
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
 
 
 # ----------------------------------------------------------------------------- one round
@@ -370,10 +344,8 @@ def _kept_per_client(run: Run) -> list[list[int]] | None:
 
 
 def _kept_total(run: Run) -> list[int] | None:
-    per_client = _kept_per_client(run)
-    if per_client is None or not per_client:
-        return None
-    return [sum(col) for col in zip(*per_client)]
+    kept = _kept_channels(run)
+    return None if kept is None else kept["total"]
 
 
 def _kept_channels(run: Run) -> dict[str, Any] | None:

@@ -13,12 +13,12 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acpsl.errors import CheckpointError
+from acpsl.errors import CheckpointError, os_error_reason
 
 #: Fields every record line has, in the order they are written (SPEC sections 6 and 7).
 RECORD_FIELDS: tuple[str, ...] = (
@@ -96,23 +96,39 @@ def write_atomic(path: Path, data: bytes) -> None:
     The bytes go to a fresh temporary file in the same folder (:func:`tempfile.mkstemp`, so
     two writers never share one), which is fsync'ed and moves onto ``path`` with
     :func:`os.replace` (atomic on POSIX and Windows); then the folder itself is fsync'ed, so
-    the rename survives a power cut too. On failure the temporary file is removed and the
-    :class:`OSError` propagates (the training loop turns it into a one-line error).
+    the rename survives a power cut too. On failure the temporary file is removed.
+
+    Raises:
+        CheckpointError: the file cannot be written (a full disk, permissions), naming it.
     """
     path = Path(path)
     folder = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with run_file_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def run_file_errors(path: Path) -> Iterator[None]:
+    """Turn an :class:`OSError` writing ``path`` (a run's file) into a one-line error.
+
+    Raises:
+        CheckpointError: naming the file and the system's reason (e.g. no space left).
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {path}: {os_error_reason(exc)}") from None
 
 
 def fsync_dir(folder: Path) -> None:
@@ -132,7 +148,7 @@ def fsync_dir(folder: Path) -> None:
 def append_record(path: Path, record: Mapping[str, Any]) -> None:
     """Append one record as a JSON line, flushed and fsync'ed before returning."""
     line = json.dumps(dict(record), allow_nan=False) + "\n"
-    with path.open("a", encoding="utf-8") as fh:
+    with run_file_errors(path), path.open("a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
         os.fsync(fh.fileno())

@@ -17,6 +17,7 @@ from torch import nn
 from acpsl.cut.labels import decode_labels
 from acpsl.errors import PayloadError, TrainingError
 from acpsl.schemes.base import Scheme
+from acpsl.schemes.perinstance import all_finite
 
 
 class NonFiniteSmashedError(PayloadError, TrainingError):
@@ -99,7 +100,7 @@ class ServerRuntime:
             raise PayloadError(
                 f"{who}: smashed data of shape {tuple(x.shape)} does not match {y.shape[0]} labels"
             )
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        if x.is_floating_point() and not all_finite(x):
             bad = int((~torch.isfinite(x)).sum())
             raise NonFiniteSmashedError(
                 f"{who}: smashed data holds {bad} NaN or infinite values (a diverged client "

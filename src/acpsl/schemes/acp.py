@@ -44,6 +44,7 @@ from acpsl.cut.payload import (
 )
 from acpsl.errors import CheckpointError, ConfigError, PayloadError, TrainingError
 from acpsl.schemes.base import Scheme
+from acpsl.schemes.perinstance import all_finite
 from acpsl.schemes.registry import register
 
 #: Score modes of the ablation of paper Fig. 3.
@@ -131,9 +132,7 @@ class AcpScheme(Scheme):
                     "label-free ablations: scorer='l0' or 'random' with ratio='fixed' or 'random'"
                 )
             scores_lcis = lcis.lcis_scores(x, labels)
-        elif not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
-            # A finite sum proves every value finite (the cheap test); finite values whose sum
-            # overflows (e.g. all 3e38) must pass, so only the elementwise test may raise.
+        elif not all_finite(x):
             raise TrainingError("acp got non-finite smashed data (NaN or inf): training diverged")
         inst = self.scorer.score(x, labels=labels, lcis=scores_lcis)
         hist = self.history.update(inst)

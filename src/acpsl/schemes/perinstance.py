@@ -36,15 +36,18 @@ def flatten_batch(x: torch.Tensor, *, scheme: str, check_finite: bool = True) ->
             f"got shape {tuple(x.shape)}"
         )
     flat = x.detach().to("cpu", torch.float32).reshape(x.shape[0], -1).contiguous()
-    # One cheap reduction first: a finite sum means every value is finite; only an overflowing
-    # or non-finite sum needs the full elementwise check.
-    if (
-        check_finite
-        and not math.isfinite(float(flat.sum()))
-        and not bool(torch.isfinite(flat).all())
-    ):
+    if check_finite and not all_finite(flat):
         raise_non_finite(scheme)
     return flat
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite.
+
+    One cheap reduction first: a finite sum means every value is finite; only an overflowing
+    or non-finite sum (finite values such as all 3e38 can overflow) needs the elementwise test.
+    """
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def raise_non_finite(scheme: str) -> None:

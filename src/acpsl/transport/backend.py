@@ -76,13 +76,7 @@ except ImportError:  # pragma: no cover - not POSIX: no run-directory lock
 Log = Callable[[str], None]
 
 #: Byte counters of the records, per round and cumulative (the in-process ones).
-_TOTALS = (
-    "bytes_up_total",
-    "bytes_down_total",
-    "bytes_labels_total",
-    "bytes_model_total",
-    "bytes_eval_total",
-)
+_TOTALS = engine_loop._TOTALS
 #: Wire counters (serialized protobuf sizes), per round in ``bytes_wire_<k>``.
 WIRE_KEYS = ("up", "down", "model", "eval")
 #: Lock file a serving process holds in its run directory.
@@ -549,7 +543,8 @@ class EngineServerBackend:
     # ---------------------------------------------------------------------------- rounds
     def finish_round(self, *, round: int, wire: dict[str, int]) -> dict[str, Any]:
         acc, ev = self._acc, self._eval
-        if not ev or ev["count"] == 0 or self.eval_progress()[0] != self.eval_progress()[1]:
+        done, expected = self.eval_progress()
+        if not ev or ev["count"] == 0 or done != expected:
             raise CheckpointError(f"round {round} has no complete evaluation; cannot write it")
         ratios: list[float] = acc["ratios"]
         seen = acc["seen"]
