@@ -40,6 +40,7 @@ from acpsl.errors import AcpslError, ConfigError, TrainingError
 from acpsl.experiments.presets import RunPlan
 from acpsl.experiments.runner import is_finished, run_dir, run_plan
 from acpsl.experiments.runs import GRID_FILE
+from acpsl.locks import PidLock
 
 #: The plan a worker process reads, written into its run directory.
 PLAN_FILE = ".plan.json"
@@ -67,29 +68,17 @@ def grid_lock(root: Path) -> Iterator[None]:
     Raises:
         GridBusyError: another process holds the lock.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
     root.mkdir(parents=True, exist_ok=True)
-    path = root / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", errors="replace").strip()
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            raise GridBusyError(
-                f"another acpsl compare{who} is running on {root}; wait for it to finish or "
-                "stop it, or pass a different --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+
+    def busy(holder: str) -> GridBusyError:
+        who = f" (pid {holder})" if holder else ""
+        return GridBusyError(
+            f"another acpsl compare{who} is running on {root}; wait for it to finish or "
+            "stop it, or pass a different --out"
+        )
+
+    with PidLock(root / LOCK_FILE, busy=busy):
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 @dataclass

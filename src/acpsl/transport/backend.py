@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -58,6 +57,7 @@ from acpsl.engine.records import (
 )
 from acpsl.engine.setup import Run, build_run, resolve_device, shuffle_order
 from acpsl.errors import CheckpointError, ConfigError, PayloadError
+from acpsl.locks import PidLock
 from acpsl.schemes.standard import StandardScheme, decode_dense, encode_dense
 from acpsl.transport import splitlearning_pb2 as pb
 from acpsl.transport.client import EvalFn, StepFn, TurnAborted, TurnOutput
@@ -67,11 +67,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: no run-directory lock
-    fcntl = None  # type: ignore[assignment]
 
 Log = Callable[[str], None]
 
@@ -83,42 +78,24 @@ WIRE_KEYS = ("up", "down", "model", "eval")
 LOCK_FILE = "serve.lock"
 
 
-class RunDirLock:
-    """An exclusive ``flock`` on ``DIR/serve.lock`` for as long as a server writes ``DIR``.
-
-    The kernel drops the lock when the process dies (even by SIGKILL), so a crashed server
-    never blocks ``--resume``.
+class RunDirLock(PidLock):
+    """An exclusive lock on ``DIR/serve.lock`` for as long as a server writes ``DIR``
+    (:class:`acpsl.locks.PidLock`: a crashed server never blocks ``--resume``).
 
     Raises:
         CheckpointError: another process holds the lock.
     """
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK_FILE
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is None:  # pragma: no cover
-            return
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                holder = os.pread(self._fd, 64, 0).decode("ascii", "replace").strip()
-            finally:
-                os.close(self._fd)
-                self._fd = None
-            raise CheckpointError(
-                f"another acpsl serve (pid {holder or '?'}) is using the run directory "
-                f"{folder} (it holds {self.path}); stop that server first, or choose another "
-                "--out"
-            ) from None
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        path = folder / LOCK_FILE
 
-    def release(self) -> None:
-        """Drop the lock (idempotent)."""
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
+        def busy(holder: str) -> CheckpointError:
+            return CheckpointError(
+                f"another acpsl serve (pid {holder or '?'}) is using the run directory "
+                f"{folder} (it holds {path}); stop that server first, or choose another --out"
+            )
+
+        super().__init__(path, busy=busy)
 
 
 def config_from_toml_text(text: str, **overrides: Any) -> TrainConfig:
