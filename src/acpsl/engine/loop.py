@@ -170,22 +170,11 @@ def train(
         record, t = _train_round(run, round_index=r, t=t, total=total_iters)
         record.update(_evaluate(run))
         record["gen_error"] = gen_error(record)
-        for key in ("up", "down", "labels", "model", "eval"):
-            totals[f"bytes_{key}_total"] += int(record[f"bytes_{key}"])
-        record.update(totals)
+        add_totals(record, totals)
         now = time.perf_counter()
         record["round_s"] = now - round_start
         record["wall_s"] = wall_before + (now - segment_start)
-        record = _ordered(record)
-        append_record(records_path, record)
-        kept = _kept_channels(run)
-        if kept is not None:
-            data = json.dumps({"round": r, **kept}).encode("utf-8")
-            write_atomic(out / KEPT_CHANNELS, data)
-        save_checkpoint(
-            ckpt_path,
-            _checkpoint_state(run, round_index=r, t=t, totals=totals, wall_s=record["wall_s"]),
-        )
+        record = save_round(run, out, record, t=t, totals=totals)
         records.append(record)
         say(_round_line(record, config.rounds))
         if on_round is not None:
@@ -195,6 +184,43 @@ def train(
     write_atomic(out / SUMMARY, json.dumps(summary.to_dict(), indent=2).encode("utf-8"))
     say("summary:\n" + summary.table())
     return summary
+
+
+def add_totals(record: dict[str, Any], totals: dict[str, int]) -> None:
+    """Add a round's byte counts (``bytes_up`` ...) to the running ``totals``
+    (``bytes_up_total`` ...) and copy the totals into ``record``."""
+    for key in _TOTALS:
+        totals[key] += int(record[key.removesuffix("_total")])
+    record.update(totals)
+
+
+def save_round(
+    run: Run, out: Path, record: dict[str, Any], *, t: int, totals: dict[str, int]
+) -> dict[str, Any]:
+    """Make a finished round durable, in this order: its record line (fsync'ed), the
+    per-channel kept counts, then the checkpoint (so the records never lag the checkpoint).
+
+    Args:
+        run: the run (models, optimizers, scheme states go into the checkpoint).
+        out: the run directory.
+        record: the round's record.
+        t: the global iteration reached.
+        totals: the cumulative counters the checkpoint restores on resume.
+
+    Returns:
+        The record with its fields in :data:`RECORD_FIELDS` order (as written).
+    """
+    record = _ordered(record)
+    append_record(out / RECORDS, record)
+    kept = _kept_channels(run)
+    if kept is not None:
+        data = json.dumps({"round": record["round"], **kept}).encode("utf-8")
+        write_atomic(out / KEPT_CHANNELS, data)
+    state = _checkpoint_state(
+        run, round_index=int(record["round"]), t=t, totals=totals, wall_s=record["wall_s"]
+    )
+    save_checkpoint(out / CHECKPOINT, state)
+    return record
 
 
 def make_run_dir(out: Path) -> None:

@@ -42,11 +42,10 @@ from acpsl.cut.payload import KIND_FORWARD
 from acpsl.cut.state import decode_state_dict, encode_state_dict
 from acpsl.engine import loop as engine_loop
 from acpsl.engine.aggregate import weighted_average
-from acpsl.engine.checkpoint import check_resumable, load_checkpoint, save_checkpoint
+from acpsl.engine.checkpoint import check_resumable, load_checkpoint
 from acpsl.engine.client import ClientRuntime
 from acpsl.engine.records import (
     RunSummary,
-    append_record,
     clean_float,
     gen_error,
     ratio_fields,
@@ -546,9 +545,7 @@ class EngineServerBackend:
         if self.config.eval_uncompressed and ev["raw_count"]:
             record["test_acc_uncompressed"] = ev["raw_correct"] / ev["raw_count"]
             record["test_loss_uncompressed"] = clean_float(ev["raw_loss"] / ev["raw_count"])
-        for key in ("up", "down", "labels", "model", "eval"):
-            self.totals[f"bytes_{key}_total"] += int(record[f"bytes_{key}"])
-        record.update(self.totals)
+        engine_loop.add_totals(record, self.totals)
         now = time.perf_counter()
         assert self._segment_start is not None
         record["round_s"] = now - self._round_start
@@ -559,22 +556,9 @@ class EngineServerBackend:
             self.wire_totals[f"bytes_wire_{key}_total"] += value
         record.update(self.wire_totals)
         record["clients_dropped"] = sorted(set(acc["dropped"]))
-        record = engine_loop._ordered(record)
-        append_record(self.records_path, record)
-        kept = engine_loop._kept_channels(self.run)
-        if kept is not None:
-            write_atomic(
-                self.out / engine_loop.KEPT_CHANNELS,
-                json.dumps({"round": round, **kept}).encode("utf-8"),
-            )
-        state = engine_loop._checkpoint_state(
-            self.run,
-            round_index=round,
-            t=self._t,
-            totals={**self.totals, **self.wire_totals},
-            wall_s=record["wall_s"],
+        record = engine_loop.save_round(
+            self.run, self.out, record, t=self._t, totals={**self.totals, **self.wire_totals}
         )
-        save_checkpoint(self.ckpt_path, state)
         self.records.append(record)
         self._next_round = round + 1
         self._say(engine_loop._round_line(record, self.config.rounds))
