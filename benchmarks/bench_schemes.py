@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_schemes.py [--shape 128 64 8 8] [--repeats 40] [--threads 1]
+    python benchmarks/bench_schemes.py [--shape 128 64 8 8] [--repeats 100] [--threads 1]
 
 For each registered scheme, with its default parameters, on one float32 batch (ReLU'd
 Gaussian, like post-activation smashed data): the time of ``compress`` followed by
@@ -62,7 +62,7 @@ def paired_seconds(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs="+", default=[128, 64, 8, 8])
-    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -112,7 +112,7 @@ def random_selection(batch: int, d: int, counts: list[int], seed: int) -> torch.
 
 def encode(mask: torch.Tensor, *, with_mask: bool = False) -> bytes:
     batch, d = mask.shape
-    extra = mask.numpy() if with_mask else None
+    extra = np.packbits(mask.numpy().reshape(-1), bitorder="little") if with_mask else None
     return encode_selection(positions_of(mask), batch=batch, d=d, mask=extra)
 
 

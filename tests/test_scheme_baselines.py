@@ -20,7 +20,7 @@ from torch import nn
 import acpsl.schemes as schemes
 from acpsl.cut.payload import KIND_FORWARD, encode_header, header_size
 from acpsl.errors import ConfigError, PayloadError, TrainingError
-from acpsl.schemes.randtopk import _smallest, randtopk_mask, randtopk_select
+from acpsl.schemes.randtopk import randtopk_mask, randtopk_positions
 from acpsl.schemes.selection import topk_mask
 from acpsl.schemes.sizes import log2_binomial
 
@@ -420,27 +420,50 @@ def test_benchmark_shape_round_trip() -> None:
             assert torch.equal(out, x)
 
 
-def test_randtopk_positions_match_its_mask() -> None:
-    """randtopk_select builds the positions from its picks; they must be the mask's."""
-    x = batch((16, 300), seed=25).relu().numpy()
-    gen = torch.Generator().manual_seed(0)
-    for k, alpha in ((30, 0.1), (30, 0.9), (200, 0.5), (299, 1.0), (1, 1.0)):
-        mask, positions = randtopk_select(x, k=k, alpha=alpha, generator=gen)
-        assert np.array_equal(positions, np.flatnonzero(mask))
-        assert (mask.sum(axis=1) == k).all()
+def reference_randtopk(
+    flat: np.ndarray, *, k: int, alpha: float, generator: torch.Generator
+) -> np.ndarray:
+    """randtopk_positions written out with Python sets and loops, from the same draws."""
+    batch, d = flat.shape
+    top = naive_topk_mask(torch.from_numpy(flat), k).numpy()
+    m = torch.binomial(
+        torch.full((batch,), float(k)), torch.full((batch,), float(alpha)), generator=generator
+    )
+    m = m.to(torch.int64).clamp_(max=d - k).numpy()
+    most = int(m.max())
+    if most == 0:
+        return np.flatnonzero(top)
+    drops = torch.rand((batch, most), generator=generator, dtype=torch.float64).numpy()
+    picks = torch.rand((batch, most), generator=generator, dtype=torch.float64).numpy()
+
+    def floyd(n: int, count: int, draws: np.ndarray) -> list[int]:
+        chosen: list[int] = []
+        for t, j in enumerate(range(n - count, n)):
+            r = min(int(draws[t] * (j + 1)), j)
+            chosen.append(j if r in chosen else r)
+        return chosen
+
+    out = []
+    for b in range(batch):
+        members = list(np.flatnonzero(top[b]))
+        others = list(np.flatnonzero(~top[b]))
+        dropped = {members[slot] for slot in floyd(k, int(m[b]), drops[b])}
+        picked = {others[rank] for rank in floyd(d - k, int(m[b]), picks[b])}
+        out.extend(b * d + i for i in sorted((set(members) - dropped) | picked))
+    return np.array(out, dtype=np.int64)
 
 
-def test_smallest_keys_leave_boundary_ties_to_torch_topk() -> None:
-    keys = torch.tensor([[0.5, 0.25, 0.25, 0.75], [0.5, 0.25, 0.125, 0.75]])
-    m = np.array([1, 2])
-    got = _smallest(keys, m, most=2)
-    ref = np.zeros((2, 4), dtype=bool)
-    drop = keys.topk(2, dim=1, largest=False, sorted=True).indices.numpy()
-    for b in range(2):
-        ref[b, drop[b, : m[b]]] = True
-    assert np.array_equal(got, ref)  # row 0 ties at its boundary: torch.topk decided
-    assert got[1].tolist() == [False, True, True, False]
-    assert not _smallest(keys, np.array([0, 0]), most=1).any()
+@pytest.mark.parametrize(("d", "k"), [(300, 30), (300, 200), (300, 299), (37, 1), (4096, 410)])
+@pytest.mark.parametrize("alpha", [0.1, 0.5, 1.0])
+def test_randtopk_kernel_matches_reference_loops(d: int, k: int, alpha: float) -> None:
+    """The compiled eq. 7 sampler equals the same algorithm written with sets and loops,
+    draw for draw (same generator state), and keeps exactly k ascending positions per row."""
+    x = batch((6, d), seed=d + k).relu().numpy()
+    got = randtopk_positions(x, k=k, alpha=alpha, generator=torch.Generator().manual_seed(5))
+    ref = reference_randtopk(x, k=k, alpha=alpha, generator=torch.Generator().manual_seed(5))
+    assert np.array_equal(got, ref)
+    rows = got.reshape(6, k)
+    assert (np.diff(rows, axis=1) > 0).all() and (rows // d == np.arange(6)[:, None]).all()
 
 
 def test_tiny_payloads_declaring_huge_shapes_are_rejected_before_allocating() -> None:

@@ -17,12 +17,17 @@ L1 writes per-sample counts with :func:`encode_counts`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from acpsl.cut.bitpack import pack_uint, packed_size, unpack_uint
-from acpsl.cut.payload import PayloadReader, unpack_bits
+from acpsl.cut.payload import PayloadReader
 from acpsl.errors import PayloadError
+from acpsl.kernels import bits as bit_kernels
+from acpsl.kernels import launch
+from acpsl.kernels.simd import LANES
 
 MODE_PACKED = 0
 MODE_MASK = 1
@@ -63,22 +68,141 @@ def encode_selection(
             mask gives them.
         batch: ``B``.
         d: values per sample.
-        mask: the same selection as a ``[B, d]`` (or flat) bool array, if the caller has it;
-            saves rebuilding it when the bit mask is the smaller code.
+        mask: the same selection as a packed bit mask (uint8, ``ceil(B d / 8)`` bytes,
+            least-significant bit first), if the caller has it; saves building it when the bit
+            mask is the smaller code.
     """
-    mode = selection_mode(total=int(positions.size), batch=batch, d=d)
+    return b"".join(selection_parts(positions, batch=batch, d=d, mask=mask))
+
+
+def selection_parts(
+    positions: np.ndarray | None,
+    *,
+    batch: int,
+    d: int,
+    mask: np.ndarray | None = None,
+    total: int | None = None,
+) -> tuple[bytes, bytes | memoryview]:
+    """:func:`encode_selection` as its two parts (flag byte, code), for a caller that joins
+    them into a payload itself (one copy of the code instead of two).
+
+    ``total`` (the number of positions) may replace ``positions`` when the caller gives the
+    ``mask`` and the mask is the smaller code; otherwise the positions are needed.
+    """
+    if total is None:
+        if positions is None:
+            raise ValueError("selection_parts needs the positions or their total")
+        total = int(positions.size)
+    mode = selection_mode(total=total, batch=batch, d=d)
+    if mode == MODE_MASK and mask is not None:
+        return bytes([MODE_MASK]), mask.data
+    if positions is None:
+        raise ValueError("selection_parts needs the positions for this selection")
     if mode == MODE_MASK:
-        if mask is None:
-            mask = np.zeros(batch * d, dtype=bool)
-            mask[positions] = True
-        return bytes([MODE_MASK]) + np.packbits(mask.reshape(-1), bitorder="little").tobytes()
-    return bytes([MODE_PACKED]) + pack_uint(positions % d, width=index_width(d))
+        built = np.zeros((batch * d + 7) // 8, dtype=np.uint8)
+        bit_kernels.mask_of_positions(np.ascontiguousarray(positions), built)
+        return bytes([MODE_MASK]), built.data
+    return bytes([MODE_PACKED]), pack_uint(positions % d, width=index_width(d))
 
 
-def decode_selection(
-    reader: PayloadReader, *, counts: np.ndarray, batch: int, d: int
-) -> np.ndarray:
-    """Read a block written by :func:`encode_selection`.
+@dataclass(frozen=True)
+class Selection:
+    """A selection block read from a payload (by :func:`read_selection`), not yet expanded.
+
+    Attributes:
+        mode: :data:`MODE_PACKED` or :data:`MODE_MASK`.
+        code: the block's bytes after the flag byte (a view of the payload).
+        counts: values kept per sample, ``[B]`` int64.
+        d: values per sample.
+        what: the payload's name, for messages.
+    """
+
+    mode: int
+    code: memoryview
+    counts: np.ndarray
+    d: int
+    what: str
+
+    @property
+    def total(self) -> int:
+        """Values kept in all."""
+        return int(self.counts.sum())
+
+    def positions(self) -> np.ndarray:
+        """The selected flat positions into ``[B, d]``, ascending (int64).
+
+        Raises:
+            PayloadError: an index out of range or out of order, or a mask whose per-sample
+                counts disagree with :attr:`counts`.
+        """
+        if self.mode == MODE_MASK:
+            _, positions = self.scatter(np.zeros(self.total, np.float32), keep_positions=True)
+            assert positions is not None
+            return positions
+        out = np.empty(self.total, dtype=np.int64)
+        status = bit_kernels.positions_of_indices(
+            np.frombuffer(self.code, dtype=np.uint8),
+            index_width(self.d),
+            self.d,
+            self.counts,
+            out,
+        )
+        self._check(status)
+        return out
+
+    def scatter(
+        self, values: np.ndarray, *, keep_positions: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The dense float32 ``B * d`` array with ``values`` (in selection order, float32,
+        :attr:`total` of them) at the selected positions, zero elsewhere; and the positions
+        when ``keep_positions``.
+
+        Raises:
+            PayloadError: as :meth:`positions`.
+        """
+        batch = self.counts.shape[0]
+        if self.mode == MODE_PACKED:
+            positions = self.positions()
+            out = np.zeros(batch * self.d, dtype=np.float32)
+            bit_kernels.scatter_positions(positions, values, out)
+            return out, positions if keep_positions else None
+        out = np.empty(batch * self.d, dtype=np.float32)
+        words = bit_kernels.stream_to_words64(self.code)
+        if not keep_positions:
+            status = launch(
+                bit_kernels.scatter_mask_rows,
+                words,
+                self.d,
+                self.counts,
+                values,
+                out,
+                values=out.size,
+            )
+            self._check(status)
+            return out, None
+        positions = np.empty(self.total + LANES, dtype=np.int64)
+        status = bit_kernels.scatter_mask(words, self.d, self.counts, values, out, positions)
+        self._check(status)
+        return out, positions[: self.total]
+
+    def _check(self, status: int) -> None:
+        if status == bit_kernels.OK:
+            return
+        if status == bit_kernels.BAD_COUNT:
+            shown = self.counts.tolist()[:8]
+            more = "..." if self.counts.size > 8 else ""
+            problem = f"bit mask keeps another number of values than the declared {shown}{more}"
+        elif status == bit_kernels.OUT_OF_RANGE:
+            problem = f"an index is out of range for d={self.d}"
+        elif status == bit_kernels.NOT_ASCENDING:
+            problem = "indices are not strictly ascending per sample"
+        else:
+            problem = "the index block has padding bits set; payload is corrupt"
+        raise PayloadError(f"{self.what}: {problem}")
+
+
+def read_selection(reader: PayloadReader, *, counts: np.ndarray, batch: int, d: int) -> Selection:
+    """Read the block written by :func:`encode_selection` (flag byte and code).
 
     Args:
         reader: positioned at the flag byte.
@@ -86,14 +210,11 @@ def decode_selection(
         batch: ``B``.
         d: values per sample.
 
-    Returns:
-        The selected flat positions into ``[B, d]``, ascending (int64).
-
     Raises:
-        PayloadError: unknown mode, wrong length, an index out of range or out of order, or a
-            mask whose per-sample counts disagree with ``counts``.
+        PayloadError: unknown or unexpected mode, or a truncated block. (The code itself is
+            checked when it is expanded: :meth:`Selection.positions`, :meth:`Selection.scatter`.)
     """
-    counts = np.asarray(counts, dtype=np.int64)
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
     total = int(counts.sum())
     mode = reader.u8()
     expected = selection_mode(total=total, batch=batch, d=d)
@@ -104,29 +225,21 @@ def decode_selection(
             f"{reader.what}: index coding mode {mode} for {total} of {batch}x{d} values; "
             f"an encoder writes mode {expected}"
         )
-    if mode == MODE_MASK:
-        raw = reader.take((batch * d + 7) // 8)
-        positions = np.flatnonzero(unpack_bits(raw, batch * d).numpy())
-        # Per-sample counts from where each sample's positions start (cheaper than counting
-        # the mask row by row).
-        ends = np.searchsorted(positions, np.arange(1, batch + 1, dtype=np.int64) * d)
-        got = np.diff(ends, prepend=0)
-        if not np.array_equal(got, counts):
-            raise PayloadError(f"{reader.what}: bit mask keeps {got.tolist()} values per sample")
-        return positions
-    width = index_width(d)
-    idx = unpack_uint(reader.take(packed_size(count=total, width=width)), count=total, width=width)
-    if total and int(idx.max()) >= d:
-        raise PayloadError(f"{reader.what}: index {int(idx.max())} out of range for d={d}")
-    if total > 1:
-        step = np.diff(idx)
-        starts = np.cumsum(counts)[:-1]
-        new_sample = np.zeros(total - 1, dtype=bool)
-        new_sample[starts[(starts > 0) & (starts < total)] - 1] = True
-        if np.any((step <= 0) & ~new_sample):
-            raise PayloadError(f"{reader.what}: indices are not strictly ascending per sample")
-    rows = np.repeat(np.arange(batch, dtype=np.int64) * d, counts)
-    return rows + idx
+    size = selection_size(total=total, batch=batch, d=d) - 1
+    return Selection(mode=mode, code=reader.take(size), counts=counts, d=d, what=reader.what)
+
+
+def decode_selection(
+    reader: PayloadReader, *, counts: np.ndarray, batch: int, d: int
+) -> np.ndarray:
+    """Read a block written by :func:`encode_selection`: the selected flat positions into
+    ``[B, d]``, ascending (int64).
+
+    Raises:
+        PayloadError: unknown mode, wrong length, an index out of range or out of order, or a
+            mask whose per-sample counts disagree with ``counts``.
+    """
+    return read_selection(reader, counts=counts, batch=batch, d=d).positions()
 
 
 def positions_of(mask: torch.Tensor) -> np.ndarray:

@@ -30,7 +30,7 @@ def flatten_batch(x: torch.Tensor, *, scheme: str, check_finite: bool = True) ->
     """
     if not isinstance(x, torch.Tensor):
         raise ConfigError(f"{scheme}: expected a tensor, got {type(x).__name__}")
-    if x.dim() < 2 or x.shape[0] < 1 or x[0].numel() < 1:
+    if x.dim() < 2 or x.numel() < 1:
         raise ConfigError(
             f"{scheme}: expected a batch [B, ...] of at least one non-empty sample, "
             f"got shape {tuple(x.shape)}"

@@ -17,9 +17,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from acpsl.cut.bitpack import pack_uint, packed_size, unpack_uint
+from acpsl.cut.bitpack import packed_buffer, packed_size, unpack_uint
 from acpsl.cut.payload import KIND_FORWARD, PayloadReader, encode_header
 from acpsl.errors import ConfigError, PayloadError
+from acpsl.kernels import launch
+from acpsl.kernels import quant as quant_kernels
+from acpsl.kernels.scratch import Scratch
 from acpsl.schemes.base import Scheme
 from acpsl.schemes.dense_grad import decode_dense_grad, encode_dense_grad
 from acpsl.schemes.perinstance import flatten_batch, raise_non_finite, read_batch_header
@@ -30,37 +33,35 @@ MIN_BITS = 1
 MAX_BITS = 16
 
 
-def quantize(flat: torch.Tensor, *, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Eq. 2 (Comp) of the RandTopk paper per row of ``flat`` ``[B, d]`` (finite values).
+def quantize(
+    flat: torch.Tensor, *, bits: int, scratch: Scratch | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eq. 2 (Comp) of the RandTopk paper per row of ``flat`` ``[B, d]`` (float32, CPU).
+
+    ``scratch``: where to keep the codes between calls (then valid until the next call).
 
     Returns:
         ``(codes, lo, hi)``: integer codes ``[B, d]`` in ``[0, 2^b)`` (uint8 for ``b <= 8``,
         uint16 otherwise) and the per-row float32 minimum and maximum ``[B]``.
 
     Raises:
-        TrainingError: a value is NaN or infinite (seen in the per-row minimum or maximum).
+        TrainingError: a value is NaN or infinite.
     """
-    arr = flat.numpy()
-    lo, hi = arr.min(axis=1), arr.max(axis=1)
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):  # NaN propagates to min and max
-        raise_non_finite("quant")
-    # NumPy, single-threaded, in place: each multi-threaded torch op can stall for a scheduler
-    # time slice on a loaded machine, and this scheme makes several passes over the data.
-    # (The values are the same IEEE float32 operations either way.)
-    if _overflows(lo, hi):
-        # The range overflows float32 (values near +-3.4e38): bin in float64 instead.
-        work = arr.astype(np.float64)
+    arr = np.ascontiguousarray(flat.numpy(), dtype=np.float32)
+    batch = arr.shape[0]
+    lo = np.empty(batch, dtype=np.float32)
+    hi = np.empty(batch, dtype=np.float32)
+    dtype = np.uint8 if bits <= 8 else np.uint16
+    if scratch is None:
+        codes = np.empty(arr.shape, dtype=dtype)
     else:
-        work = np.empty_like(arr)
-    lo_w = lo.astype(work.dtype)[:, None]
-    step = (hi.astype(work.dtype)[:, None] - lo_w) / 2**bits
-    step = np.where(step > 0, step, np.ones_like(step))
-    # (o - min) / step >= 0 (o >= min, and float subtraction is monotone), so the integer
-    # cast's truncation is eq. 2's floor; only the maximum (exactly 2^b) needs clipping.
-    np.subtract(arr if work.dtype == arr.dtype else work, lo_w, out=work)
-    np.divide(work, step, out=work)
-    np.minimum(work, 2**bits - 1, out=work)
-    return work.astype(np.uint8 if bits <= 8 else np.uint16), lo, hi
+        codes = scratch.empty("codes", arr.size, dtype).reshape(arr.shape)
+    lo_bits, hi_bits = lo.view(np.int32), hi.view(np.int32)
+    if not launch(
+        quant_kernels.encode_rows, arr, bits, lo, hi, lo_bits, hi_bits, codes, values=arr.size
+    ):
+        raise_non_finite("quant")
+    return codes, lo, hi
 
 
 def dequantize(codes: np.ndarray, *, lo: np.ndarray, hi: np.ndarray, bits: int) -> torch.Tensor:
@@ -72,20 +73,9 @@ def dequantize(codes: np.ndarray, *, lo: np.ndarray, hi: np.ndarray, bits: int) 
         hi: per-row float32 maximum ``[B]``.
         bits: ``b``.
     """
-    wide = _overflows(lo, hi)
-    rebuilt = codes.astype(np.float64 if wide else np.float32)
-    lo_w = lo.astype(rebuilt.dtype)[:, None]
-    step = (hi.astype(rebuilt.dtype)[:, None] - lo_w) / 2**bits
-    # min + c step + step / 2: two passes over the codes instead of four
-    np.multiply(rebuilt, step, out=rebuilt)
-    np.add(rebuilt, lo_w + step / 2, out=rebuilt)
-    return torch.from_numpy(rebuilt.astype(np.float32, copy=False))
-
-
-def _overflows(lo: np.ndarray, hi: np.ndarray) -> bool:
-    """Whether some ``max - min`` is not representable in float32."""
-    span = hi.astype(np.float64) - lo.astype(np.float64)
-    return bool((span > np.finfo(np.float32).max).any())
+    out = np.empty(codes.shape, dtype=np.float32)
+    launch(quant_kernels.decode_rows, codes, lo, hi, bits, out, values=out.size)
+    return torch.from_numpy(out)
 
 
 @register("quant")
@@ -107,19 +97,20 @@ class QuantizationScheme(Scheme):
             )
         self.bits = bits
         self._sent_shape: tuple[int, ...] | None = None
+        self._scratch = Scratch()
 
     def compress(
         self, x: torch.Tensor, *, labels: torch.Tensor | None = None, training: bool = True
     ) -> bytes:
         flat = flatten_batch(x, scheme=self.name, check_finite=False)
         batch, d = flat.shape
-        codes, lo, hi = quantize(flat, bits=self.bits)  # lo, hi are NaN/inf iff some value is
+        codes, lo, hi = quantize(flat, bits=self.bits, scratch=self._scratch)
         payload = b"".join(
             (
                 encode_header(scheme_id=self.wire_id, kind=KIND_FORWARD, shape=x.shape),
                 bytes([self.bits]),
                 np.stack((lo, hi), axis=1).astype("<f4").tobytes(),
-                pack_uint(codes, width=self.bits),
+                packed_buffer(codes, width=self.bits).data,
             )
         )
         self._sent_shape = tuple(x.shape)
@@ -143,7 +134,7 @@ class QuantizationScheme(Scheme):
                 f"{reader.what}: {bits} bits per code is outside {MIN_BITS}..{MAX_BITS}"
             )
         ranges = reader.array(2 * batch, "<f4").astype(np.float32).reshape(batch, 2)
-        lo, hi = ranges[:, 0], ranges[:, 1]
+        lo, hi = np.ascontiguousarray(ranges[:, 0]), np.ascontiguousarray(ranges[:, 1])
         if not np.isfinite(ranges).all() or bool((hi < lo).any()):
             raise PayloadError(f"{reader.what}: a per-sample range is not finite or has max < min")
         raw = reader.take(packed_size(count=batch * d, width=bits))

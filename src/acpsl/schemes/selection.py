@@ -16,11 +16,21 @@ from abc import abstractmethod
 import numpy as np
 import torch
 
-from acpsl.cut.indices import decode_selection, encode_selection, selection_mode, selection_size
+from acpsl.cut.indices import read_selection, selection_mode, selection_parts, selection_size
 from acpsl.cut.payload import KIND_FORWARD, KIND_GRAD, PayloadReader, encode_header
 from acpsl.errors import PayloadError, TrainingError
+from acpsl.kernels import bits as bit_kernels
+from acpsl.kernels import topk as topk_kernels
+from acpsl.kernels.simd import LANES
 from acpsl.schemes.base import Scheme
-from acpsl.schemes.perinstance import check_keep, flatten_batch, read_batch_header, resolve_k
+from acpsl.schemes.perinstance import (
+    all_finite,
+    check_keep,
+    flatten_batch,
+    raise_non_finite,
+    read_batch_header,
+    resolve_k,
+)
 from acpsl.schemes.sizes import bound_sparse_bytes_fixed, table2_sparse_bytes
 
 
@@ -47,31 +57,27 @@ class SelectionScheme(Scheme):
         self._seen: tuple[tuple[int, ...], np.ndarray] | None = None
 
     @abstractmethod
-    def select(self, flat: torch.Tensor, *, k: int, training: bool) -> torch.Tensor:
-        """The ``[B, d]`` bool mask of the ``k`` values sent per sample of ``flat``."""
+    def select(self, flat: np.ndarray, *, k: int, training: bool) -> np.ndarray:
+        """The ascending flat positions (int64, ``B k``) of the ``k`` values sent per sample
+        of the float32 ``[B, d]`` array ``flat``.
 
-    def select_positions(
-        self, flat: torch.Tensor, *, k: int, training: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The :meth:`select` mask as a NumPy ``[B, d]`` array and its ascending flat
-        positions; a subclass that knows the positions anyway may override it to skip the
-        scan of the mask."""
-        mask = self.select(flat, k=k, training=training).numpy()
-        return mask, np.flatnonzero(mask)
+        Raises:
+            TrainingError: ``flat`` holds NaN or infinity.
+        """
 
     def compress(
         self, x: torch.Tensor, *, labels: torch.Tensor | None = None, training: bool = True
     ) -> bytes:
-        flat = flatten_batch(x, scheme=self.name)
+        flat = flatten_batch(x, scheme=self.name, check_finite=False).numpy()
         batch, d = flat.shape
         k = resolve_k(k=self.k, keep_ratio=self.keep_ratio, d=d, scheme=self.name)
-        mask, positions = self.select_positions(flat, k=k, training=training)
+        positions = self.select(flat, k=k, training=training)
         payload = b"".join(
             (
                 encode_header(scheme_id=self.wire_id, kind=KIND_FORWARD, shape=x.shape),
                 int(k).to_bytes(4, "little"),
-                encode_selection(positions, batch=batch, d=d, mask=mask),
-                flat.numpy().reshape(-1)[positions].astype("<f4", copy=False).data,
+                *selection_parts(positions, batch=batch, d=d),
+                np.take(flat.reshape(-1), positions).astype("<f4", copy=False).data,
             )
         )
         self._sent = (tuple(x.shape), positions)
@@ -98,11 +104,13 @@ class SelectionScheme(Scheme):
                 f"{reader.what}: body has {reader.remaining} bytes after k, shape {shape} with "
                 f"k={k} needs {expected}"
             )
-        positions = decode_selection(reader, counts=np.full(batch, k), batch=batch, d=d)
-        values = reader.array(batch * k, "<f4")  # aligned copy: scatter from it is fast
+        selection = read_selection(reader, counts=np.full(batch, k), batch=batch, d=d)
+        values = reader.view(batch * k, "<f4")
         reader.finish()
+        dense, positions = selection.scatter(values, keep_positions=True)
+        assert positions is not None
         self._seen = (shape, positions)
-        return scatter_values(positions, values, shape=shape)
+        return torch.from_numpy(dense.reshape(shape))
 
     def compress_grad(self, g: torch.Tensor) -> bytes:
         if self._seen is None:
@@ -126,7 +134,7 @@ class SelectionScheme(Scheme):
                 f"{reader.what}: shape {shape} does not match the last uplink (shape {sent})"
             )
         positions = self._sent[1]
-        values = reader.array(positions.size, "<f4")
+        values = reader.view(positions.size, "<f4")
         reader.finish()
         return scatter_values(positions, values, shape=shape)
 
@@ -136,39 +144,47 @@ def scatter_values(
 ) -> torch.Tensor:
     """A zero float32 tensor of ``shape`` with ``values`` at the flat ``positions``."""
     out = np.zeros(math.prod(shape), dtype=np.float32)
-    out[positions] = values
+    bit_kernels.scatter_positions(positions, values, out)
     return torch.from_numpy(out.reshape(shape))
 
 
-def topk_mask(flat: torch.Tensor, *, k: int) -> torch.Tensor:
-    """The ``[B, d]`` mask of each row's ``k`` largest values by magnitude (finite values).
+def topk_positions(flat: np.ndarray, *, k: int, scheme: str = "topk") -> np.ndarray:
+    """The ascending flat positions (int64) of each row's ``k`` largest magnitudes of the
+    float32 ``[B, d]`` array ``flat``; ties at the ``k``-th magnitude go to the lowest
+    indices, so the selection does not depend on how an algorithm orders equal values.
 
-    Ties at the ``k``-th magnitude go to the lowest indices, so the selection does not depend
-    on how a selection algorithm orders equal values.
+    A compiled radix select (:func:`acpsl.kernels.topk.topk_rows`), no sort of the row.
+
+    Raises:
+        TrainingError: ``flat`` holds NaN or infinity.
     """
-    return torch.from_numpy(topk_mask_np(flat.detach().cpu().numpy(), k=k))
+    batch, _ = flat.shape
+    return topk_buffer(flat, k=k, scheme=scheme)[: batch * min(k, flat.shape[1])]
 
 
-def topk_mask_np(flat: np.ndarray, *, k: int) -> np.ndarray:
-    """:func:`topk_mask` on a ``[B, d]`` NumPy array of floats (finite values).
-
-    Each row's ``k``-th largest magnitude is found with one row-wise ``np.sort`` (a vectorized
-    sort, several times faster than ``torch.topk`` on the CPU).
-    """
+def topk_buffer(flat: np.ndarray, *, k: int, scheme: str) -> np.ndarray:
+    """:func:`topk_positions` in a buffer with 16 spare slots at the end (what the kernels
+    that rewrite a selection in place need)."""
     batch, d = flat.shape
+    flat = np.ascontiguousarray(flat, dtype=np.float32)
+    if not all_finite(torch.from_numpy(flat)):
+        raise_non_finite(scheme)
     if k >= d:
-        return np.ones((batch, d), dtype=bool)
-    keys = np.abs(flat)
-    kth = np.sort(keys, axis=1)[:, d - k : d - k + 1]
-    mask = keys >= kth
-    # Every row has at least k values >= its k-th largest; exactly k in all rows unless the
-    # total says otherwise (a flat count is much cheaper than a per-row one).
-    if np.count_nonzero(mask) == batch * k:
-        return mask
-    # Some rows tie at the k-th magnitude: keep the strictly larger values, then the tied
-    # ones with the lowest indices.
-    ties = keys == kth
-    mask &= ~ties
-    need = k - np.count_nonzero(mask, axis=1)
-    mask |= ties & (np.cumsum(ties, axis=1) <= need[:, None])
-    return mask
+        return np.arange(batch * d + LANES, dtype=np.int64)
+    positions = np.empty(batch * k + LANES, dtype=np.int64)
+    topk_kernels.topk_rows(flat, k, positions)
+    return positions
+
+
+def topk_mask(flat: torch.Tensor, *, k: int) -> torch.Tensor:
+    """The ``[B, d]`` bool mask of each row's ``k`` largest values by magnitude (finite
+    values), ties to the lowest indices (:func:`topk_positions`)."""
+    array = flat.detach().to("cpu", torch.float32).contiguous().numpy()
+    return torch.from_numpy(positions_mask(topk_positions(array, k=k), shape=array.shape))
+
+
+def positions_mask(positions: np.ndarray, *, shape: tuple[int, ...]) -> np.ndarray:
+    """The bool array of ``shape`` that is ``True`` at the flat ``positions``."""
+    mask = np.zeros(math.prod(shape), dtype=bool)
+    mask[positions] = True
+    return mask.reshape(shape)

@@ -20,6 +20,8 @@ import math
 from collections.abc import Iterable
 from functools import lru_cache
 
+import numpy as np
+
 from acpsl.cut.bitpack import packed_size
 from acpsl.cut.indices import counts_size, index_width, selection_size
 from acpsl.cut.payload import header_size
@@ -37,9 +39,18 @@ def log2_binomial(d: int, k: int) -> float:
     return (math.lgamma(d + 1) - math.lgamma(k + 1) - math.lgamma(d - k + 1)) / math.log(2)
 
 
-def bound_sparse_bytes(*, counts: Iterable[int], d: int) -> float:
+def bound_sparse_bytes(*, counts: Iterable[int] | np.ndarray, d: int) -> float:
     """Information bound of a sparse payload: per sample ``log2 C(d, k_i) / 8`` + ``4 k_i``."""
-    return sum(log2_binomial(d, int(k)) / 8 + FLOAT_BYTES * int(k) for k in counts)
+    kept = np.asarray(counts, dtype=np.int64).reshape(-1)
+    if kept.size and (int(kept.min()) < 0 or int(kept.max()) > d):
+        raise ValueError(f"need 0 <= k <= d for every count, got d={d}")
+    return float(_log2_binomial_row(d)[kept].sum() / 8 + FLOAT_BYTES * int(kept.sum()))
+
+
+@lru_cache(maxsize=16)
+def _log2_binomial_row(d: int) -> np.ndarray:
+    """``log2 C(d, k)`` for ``k = 0..d`` (one lgamma per k, once per cut size)."""
+    return np.array([log2_binomial(d, k) for k in range(d + 1)], dtype=np.float64)
 
 
 def bound_sparse_bytes_fixed(*, batch: int, d: int, k: int) -> float:

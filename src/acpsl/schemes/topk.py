@@ -3,10 +3,10 @@ largest magnitude; the gradient comes back at the same ``k`` positions only."""
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from acpsl.schemes.registry import register
-from acpsl.schemes.selection import SelectionScheme, topk_mask
+from acpsl.schemes.selection import SelectionScheme, topk_positions
 
 
 @register("topk")
@@ -22,5 +22,5 @@ class TopkScheme(SelectionScheme):
     name = "topk"
     wire_id = 4
 
-    def select(self, flat: torch.Tensor, *, k: int, training: bool) -> torch.Tensor:
-        return topk_mask(flat, k=k)
+    def select(self, flat: np.ndarray, *, k: int, training: bool) -> np.ndarray:
+        return topk_positions(flat, k=k, scheme=self.name)
