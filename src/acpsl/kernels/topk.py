@@ -125,7 +125,6 @@ def topk_rows(flat: np.ndarray, k: int, positions: np.ndarray) -> None:
     for b in range(batch):
         bits = flat[b].view(np.uint32)
         n = 0
-        tried = 0
         for attempt in range(3):
             if attempt == 0:
                 if previous < 1:
@@ -137,9 +136,6 @@ def topk_rows(flat: np.ndarray, k: int, positions: np.ndarray) -> None:
                 floor = _sample_floor(bits, k, hist)
             else:
                 floor = np.uint32(0)
-            if tried and floor == 0 and attempt == 1:
-                continue  # the sample found no floor: go straight to 0
-            tried += 1
             n = _collect(bits, floor, cand_idx)
             if n >= k:
                 break
