@@ -91,6 +91,28 @@ def mask_of_positions(positions: np.ndarray, out: np.ndarray) -> None:
 
 
 @kernel
+def _lanes_at(mask: np.ndarray, p: int) -> int:
+    """The 16 bits of the uint64-word bit mask ``mask`` from bit ``p`` on (any alignment; the
+    mask has a spare word)."""
+    shift = p & 63
+    word = mask[p >> 6] >> np.uint64(shift)
+    if shift > 64 - LANES:
+        word |= mask[(p >> 6) + 1] << np.uint64(64 - shift)
+    return np.int64(word & np.uint64(0xFFFF))
+
+
+@kernel
+def _padding_clear(mask: np.ndarray, nbits: int) -> bool:
+    """Whether every bit of ``mask`` from ``nbits`` on (padding and spare words) is zero."""
+    if nbits & 63 and mask[nbits >> 6] >> np.uint64(nbits & 63):
+        return False
+    for i in range((nbits >> 6) + 1, mask.shape[0]):
+        if mask[i]:
+            return False
+    return True
+
+
+@kernel
 def scatter_mask(
     mask: np.ndarray,
     d: int,
@@ -126,11 +148,7 @@ def scatter_mask(
         base = b * d
         for i in range(0, whole, LANES):
             p = base + i
-            shift = p & 63
-            word = mask[p >> 6] >> np.uint64(shift)
-            if shift > 64 - LANES:
-                word |= mask[(p >> 6) + 1] << np.uint64(64 - shift)
-            kept = np.int64(word & np.uint64(0xFFFF))
+            kept = _lanes_at(mask, p)
             count = popcount(kept)
             if j + count > limit:
                 return BAD_COUNT
@@ -149,13 +167,7 @@ def scatter_mask(
             j += bit
         if j != limit:
             return BAD_COUNT
-    nbits = counts.shape[0] * d
-    if nbits & 63 and mask[nbits >> 6] >> np.uint64(nbits & 63):
-        return BAD_PADDING
-    for i in range((nbits >> 6) + 1, mask.shape[0]):
-        if mask[i]:
-            return BAD_PADDING
-    return OK
+    return OK if _padding_clear(mask, counts.shape[0] * d) else BAD_PADDING
 
 
 @parallel_kernel
@@ -177,11 +189,7 @@ def scatter_mask_rows(
         base = b * d
         for i in range(0, whole, LANES):
             p = base + i
-            shift = p & 63
-            word = mask[p >> 6] >> np.uint64(shift)
-            if shift > 64 - LANES:
-                word |= mask[(p >> 6) + 1] << np.uint64(64 - shift)
-            kept = np.int64(word & np.uint64(0xFFFF))
+            kept = _lanes_at(mask, p)
             count = popcount(kept)
             if j + count > limit:
                 bad[b] = True
@@ -202,13 +210,7 @@ def scatter_mask_rows(
             bad[b] = True
     if bad.any():
         return BAD_COUNT
-    nbits = batch * d
-    if nbits & 63 and mask[nbits >> 6] >> np.uint64(nbits & 63):
-        return BAD_PADDING
-    for i in range((nbits >> 6) + 1, mask.shape[0]):
-        if mask[i]:
-            return BAD_PADDING
-    return OK
+    return OK if _padding_clear(mask, batch * d) else BAD_PADDING
 
 
 @kernel
@@ -218,7 +220,7 @@ def positions_of_words(mask: np.ndarray, nbits: int, out: np.ndarray) -> int:
     n = 0
     whole = nbits - nbits % LANES
     for p in range(0, whole, LANES):
-        kept = np.int64((mask[p >> 6] >> np.uint64(p & 63)) & np.uint64(0xFFFF))
+        kept = _lanes_at(mask, p)
         compress_index(p, kept, out, n)
         n += popcount(kept)
     for p in range(whole, nbits):

@@ -26,6 +26,21 @@ def _uniform_below(u: float, n: int) -> int:
 
 
 @kernel
+def _floyd(n: int, count: int, draws: np.ndarray, taken: np.ndarray, out: np.ndarray) -> None:
+    """Floyd's algorithm: a uniform ``count``-subset of ``0..n-1`` into ``out[:count]``, from
+    ``count`` uniform floats ``draws``; ``taken`` is zeroed scratch of at least ``n`` flags,
+    left zeroed."""
+    for t in range(count):
+        j = n - count + t
+        r = _uniform_below(draws[t], j + 1)
+        pick = j if taken[r] else r
+        taken[pick] = True
+        out[t] = pick
+    for t in range(count):
+        taken[out[t]] = False
+
+
+@kernel
 def randtopk_rows(
     d: int,
     k: int,
@@ -46,8 +61,7 @@ def randtopk_rows(
         positions: ``[B * k]`` ascending flat positions of each sample's top-k; overwritten
             with the RandTopk selection, still ascending per sample.
     """
-    dropped = np.zeros(k, np.bool_)
-    chosen = np.zeros(max(d - k, 1), np.bool_)
+    taken = np.zeros(max(k, d - k), np.bool_)
     ranks = np.empty(k, np.int64)
     # One sample's selection as float32 flags (1 = sent), so that the SIMD compress of
     # :mod:`acpsl.kernels.simd` turns it into ascending positions, and the others' positions.
@@ -72,26 +86,13 @@ def randtopk_rows(
         for i in range(whole, d):
             rest[n_rest] = i
             n_rest += np.int64(flags[i] == 0)
-        # Floyd: `count` of the k top-k slots to drop.
-        for t in range(count):
-            j = k - count + t
-            r = _uniform_below(drop_draws[b, t], j + 1)
-            slot = j if dropped[r] else r
-            dropped[slot] = True
-            ranks[t] = slot
+        # `count` of the k top-k slots to drop, `count` ranks of the d - k others to pick.
+        _floyd(k, count, drop_draws[b], taken, ranks)
         for t in range(count):
             flags[positions[first + ranks[t]] - base] = 0.0
-            dropped[ranks[t]] = False
-        # Floyd: `count` ranks of the d - k others to pick.
-        for t in range(count):
-            j = n_rest - count + t
-            r = _uniform_below(pick_draws[b, t], j + 1)
-            rank = j if chosen[r] else r
-            chosen[rank] = True
-            ranks[t] = rank
+        _floyd(n_rest, count, pick_draws[b], taken, ranks)
         for t in range(count):
             flags[rest[ranks[t]]] = 1.0
-            chosen[ranks[t]] = False
         # The selection, ascending (into scratch: the compress may write past the k-th slot,
         # which is the next sample's), then into this sample's k slots; clear the flags.
         out = 0

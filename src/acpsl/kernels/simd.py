@@ -145,6 +145,17 @@ def _splat(builder, value, vec_t):  # type: ignore[no-untyped-def]
     )
 
 
+def _compress_store(builder, vec, out, bits):  # type: ignore[no-untyped-def]
+    """Store the lanes of ``vec`` kept by the 16 ``bits`` contiguously at pointer ``out``."""
+    store = _llvm_function(
+        builder,
+        f"llvm.masked.compressstore.{_suffix(vec.type)}",
+        ir.VoidType(),
+        [vec.type, out.type, _MASK],
+    )
+    builder.call(store, [vec, out, _bits_mask(builder, bits)])
+
+
 @intrinsic
 def _compress_values_simd(typingctx, src, i, bits, dst, j):  # type: ignore[no-untyped-def]
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
@@ -155,13 +166,7 @@ def _compress_values_simd(typingctx, src, i, bits, dst, j):  # type: ignore[no-u
         )
         vec = builder.load(ptr, align=4)
         out = _element_ptr(context, builder, dst_t, args[3], args[4])
-        store = _llvm_function(
-            builder,
-            f"llvm.masked.compressstore.{_suffix(vec_t)}",
-            ir.VoidType(),
-            [vec_t, out.type, _MASK],
-        )
-        builder.call(store, [vec, out, _bits_mask(builder, args[2])])
+        _compress_store(builder, vec, out, args[2])
         return context.get_dummy_value()
 
     return types.none(src, i, bits, dst, j), codegen
@@ -176,13 +181,7 @@ def _compress_index_simd(typingctx, base, bits, dst, j):  # type: ignore[no-unty
         start = context.cast(builder, args[0], signature.args[0], dst_t.dtype)
         lanes = builder.add(_splat(builder, start, vec_t), ir.Constant(vec_t, list(range(LANES))))
         out = _element_ptr(context, builder, dst_t, args[2], args[3])
-        store = _llvm_function(
-            builder,
-            f"llvm.masked.compressstore.{_suffix(vec_t)}",
-            ir.VoidType(),
-            [vec_t, out.type, _MASK],
-        )
-        builder.call(store, [lanes, out, _bits_mask(builder, args[1])])
+        _compress_store(builder, lanes, out, args[1])
         return context.get_dummy_value()
 
     return types.none(base, bits, dst, j), codegen
