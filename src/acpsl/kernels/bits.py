@@ -113,6 +113,45 @@ def _padding_clear(mask: np.ndarray, nbits: int) -> bool:
 
 
 @kernel
+def _scatter_sample(
+    mask: np.ndarray,
+    d: int,
+    b: int,
+    j: int,
+    limit: int,
+    values: np.ndarray,
+    out: np.ndarray,
+    positions: np.ndarray,
+    want: bool,
+) -> int:
+    """Rebuild sample ``b`` of a :func:`scatter_mask` from its values ``values[j:limit]``:
+    returns ``limit``, or -1 if its mask bits are not exactly ``limit - j``."""
+    whole = d - d % LANES
+    last = values.shape[0] - 1
+    base = b * d
+    for i in range(0, whole, LANES):
+        p = base + i
+        kept = _lanes_at(mask, p)
+        count = popcount(kept)
+        if j + count > limit:
+            return -1
+        expand_values(kept, values, j, out, p)
+        if want:
+            compress_index(p, kept, positions, j)
+        j += count
+    for i in range(whole, d):
+        p = base + i
+        bit = np.int64((mask[p >> 6] >> np.uint64(p & 63)) & np.uint64(1))
+        if bit and j >= limit:
+            return -1
+        out[p] = values[min(j, last)] if bit else np.float32(0.0)
+        if want and bit:
+            positions[j] = p
+        j += bit
+    return j if j == limit else -1
+
+
+@kernel
 def scatter_mask(
     mask: np.ndarray,
     d: int,
@@ -140,32 +179,10 @@ def scatter_mask(
         :data:`BAD_PADDING`.
     """
     want = positions.shape[0] > 0
-    whole = d - d % LANES
-    last = values.shape[0] - 1
     j = 0
     for b in range(counts.shape[0]):
-        limit = j + counts[b]
-        base = b * d
-        for i in range(0, whole, LANES):
-            p = base + i
-            kept = _lanes_at(mask, p)
-            count = popcount(kept)
-            if j + count > limit:
-                return BAD_COUNT
-            expand_values(kept, values, j, out, p)
-            if want:
-                compress_index(p, kept, positions, j)
-            j += count
-        for i in range(whole, d):
-            p = base + i
-            bit = np.int64((mask[p >> 6] >> np.uint64(p & 63)) & np.uint64(1))
-            if bit and j >= limit:
-                return BAD_COUNT
-            out[p] = values[min(j, last)] if bit else np.float32(0.0)
-            if want and bit:
-                positions[j] = p
-            j += bit
-        if j != limit:
+        j = _scatter_sample(mask, d, b, j, j + counts[b], values, out, positions, want)
+        if j < 0:
             return BAD_COUNT
     return OK if _padding_clear(mask, counts.shape[0] * d) else BAD_PADDING
 
@@ -177,37 +194,16 @@ def scatter_mask_rows(
     """:func:`scatter_mask` without the positions, its samples spread over threads (each
     sample's values start at the sum of the counts before it)."""
     batch = counts.shape[0]
-    whole = d - d % LANES
-    last = values.shape[0] - 1
     offsets = np.zeros(batch + 1, np.int64)
     for b in range(batch):
         offsets[b + 1] = offsets[b] + counts[b]
+    no_positions = np.empty(0, np.int64)
     bad = np.zeros(batch, np.bool_)
     for b in prange(batch):
-        j = offsets[b]
-        limit = offsets[b + 1]
-        base = b * d
-        for i in range(0, whole, LANES):
-            p = base + i
-            kept = _lanes_at(mask, p)
-            count = popcount(kept)
-            if j + count > limit:
-                bad[b] = True
-                break
-            expand_values(kept, values, j, out, p)
-            j += count
-        if bad[b]:
-            continue
-        for i in range(whole, d):
-            p = base + i
-            bit = np.int64((mask[p >> 6] >> np.uint64(p & 63)) & np.uint64(1))
-            if bit and j >= limit:
-                bad[b] = True
-                break
-            out[p] = values[min(j, last)] if bit else np.float32(0.0)
-            j += bit
-        if j != limit:
-            bad[b] = True
+        end = _scatter_sample(
+            mask, d, b, offsets[b], offsets[b + 1], values, out, no_positions, False
+        )
+        bad[b] = end < 0
     if bad.any():
         return BAD_COUNT
     return OK if _padding_clear(mask, batch * d) else BAD_PADDING

@@ -85,6 +85,13 @@ def _llvm_function(builder, name, ret, args):  # type: ignore[no-untyped-def]
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
+def _load_lanes(context, builder, array_type, array, index):  # type: ignore[no-untyped-def]
+    """The 16 elements ``array[index : index + 16]`` as one vector."""
+    vec_t = _vector_of(context, array_type.dtype)
+    ptr = _element_ptr(context, builder, array_type, array, index)
+    return builder.load(builder.bitcast(ptr, vec_t.as_pointer()), align=4)
+
+
 def _suffix(vector: ir.VectorType) -> str:
     element = vector.element
     kind = "f32" if isinstance(element, ir.FloatType) else f"i{element.width}"
@@ -94,12 +101,8 @@ def _suffix(vector: ir.VectorType) -> str:
 @intrinsic
 def _mask_nonzero_simd(typingctx, src, i):  # type: ignore[no-untyped-def]
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        vec_t = _vector_of(context, signature.args[0].dtype)
-        ptr = builder.bitcast(
-            _element_ptr(context, builder, signature.args[0], *args), vec_t.as_pointer()
-        )
-        vec = builder.load(ptr, align=4)
-        return _mask_bits(builder, builder.fcmp_unordered("!=", vec, ir.Constant(vec_t, None)))
+        vec = _load_lanes(context, builder, signature.args[0], args[0], args[1])
+        return _mask_bits(builder, builder.fcmp_unordered("!=", vec, ir.Constant(vec.type, None)))
 
     return types.int64(src, i), codegen
 
@@ -107,11 +110,8 @@ def _mask_nonzero_simd(typingctx, src, i):  # type: ignore[no-untyped-def]
 @intrinsic
 def _mask_finite_simd(typingctx, src, i):  # type: ignore[no-untyped-def]
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        vec_t = _vector_of(context, signature.args[0].dtype)
-        ptr = builder.bitcast(
-            _element_ptr(context, builder, signature.args[0], *args), vec_t.as_pointer()
-        )
-        vec = builder.load(ptr, align=4)
+        vec = _load_lanes(context, builder, signature.args[0], args[0], args[1])
+        vec_t = vec.type
         fabs = _llvm_function(builder, f"llvm.fabs.{_suffix(vec_t)}", vec_t, [vec_t])
         magnitude = builder.call(fabs, [vec])
         infinity = ir.Constant(vec_t, [float("inf")] * LANES)
@@ -123,12 +123,9 @@ def _mask_finite_simd(typingctx, src, i):  # type: ignore[no-untyped-def]
 @intrinsic
 def _mask_at_least_simd(typingctx, src, i, floor):  # type: ignore[no-untyped-def]
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        vec_t = _vector_of(context, signature.args[0].dtype)
-        ptr = builder.bitcast(
-            _element_ptr(context, builder, signature.args[0], args[0], args[1]),
-            vec_t.as_pointer(),
-        )
-        keys = builder.and_(builder.load(ptr, align=4), ir.Constant(vec_t, [0x7FFFFFFF] * LANES))
+        vec = _load_lanes(context, builder, signature.args[0], args[0], args[1])
+        vec_t = vec.type
+        keys = builder.and_(vec, ir.Constant(vec_t, [0x7FFFFFFF] * LANES))
         floor_value = context.cast(builder, args[2], signature.args[2], signature.args[0].dtype)
         splat = _splat(builder, floor_value, vec_t)
         return _mask_bits(builder, builder.icmp_unsigned(">=", keys, splat))
@@ -160,11 +157,7 @@ def _compress_store(builder, vec, out, bits):  # type: ignore[no-untyped-def]
 def _compress_values_simd(typingctx, src, i, bits, dst, j):  # type: ignore[no-untyped-def]
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         src_t, _, _, dst_t, _ = signature.args
-        vec_t = _vector_of(context, src_t.dtype)
-        ptr = builder.bitcast(
-            _element_ptr(context, builder, src_t, args[0], args[1]), vec_t.as_pointer()
-        )
-        vec = builder.load(ptr, align=4)
+        vec = _load_lanes(context, builder, src_t, args[0], args[1])
         out = _element_ptr(context, builder, dst_t, args[3], args[4])
         _compress_store(builder, vec, out, args[2])
         return context.get_dummy_value()
