@@ -493,6 +493,7 @@ class EngineServerBackend:
                 scheme_id=StandardScheme.wire_id,
                 kind=KIND_FORWARD,
                 what="uncompressed evaluation payload",
+                limit=self.run.server.limit,  # the cut's shape, checked before decoding
             )
             if x.dim() == 0 or x.shape[0] != y.shape[0]:
                 raise PayloadError(
