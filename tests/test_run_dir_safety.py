@@ -273,3 +273,27 @@ def test_serve_removes_leftover_temporaries_on_start(shared_data: Path, tmp_path
     backend.close()
     assert not leftover.exists()
     assert load_checkpoint(tmp_path / CHECKPOINT)["round"] == 0  # the round-0 checkpoint
+
+
+@pytest.mark.parametrize("checksummed", [False, True])
+def test_a_hostile_checkpoint_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], shared_data: Path, tmp_path: Path, checksummed: bool
+) -> None:
+    # Issue 10, defect 4: a skeleton nested 100,000 deep made `train --resume` print a
+    # RecursionError traceback. A valid checksum does not make a hostile state acceptable.
+    import hashlib
+    import struct
+
+    from acpsl.cut.state import MAGIC
+
+    out = tmp_path / "run"
+    assert run_cli(capsys, "train", *cli_args(shared_data, out), "--rounds", "1")[0] == 0
+    text = b"[" * 100_000 + b"]" * 100_000
+    state = MAGIC + struct.pack("<BI", 1, len(text)) + text
+    if checksummed:
+        state = b"SC\x01" + hashlib.blake2b(state, digest_size=32).digest() + state
+    (out / CHECKPOINT).write_bytes(state)
+    code, _, err = run_cli(capsys, "train", "--out", str(out), "--rounds", "2", "--resume")
+    assert code == 1
+    line = one_line(err)
+    assert str(out / CHECKPOINT) in line and "nested deeper" in line
