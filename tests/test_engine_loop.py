@@ -187,9 +187,14 @@ def test_resume_without_a_checkpoint_starts_over(shared_data, tmp_path):
     straight = train(config, out_dir=tmp_path / "straight", log=None)
     out = tmp_path / "run"
     out.mkdir()
-    (out / RECORDS).write_text('{"round": 1, "test_acc": 0.5}\n')  # a record, no checkpoint
+    # A record and no checkpoint: refused, nothing deleted (issue 10, defect 2).
+    (out / RECORDS).write_text('{"round": 1, "test_acc": 0.5}\n')
+    with pytest.raises(CheckpointError, match=r"1 finished round but checkpoint\.pt is missing"):
+        train(config, out_dir=out, resume=True, log=None)
+    assert (out / RECORDS).read_text() == '{"round": 1, "test_acc": 0.5}\n'
+    # No record and no checkpoint: nothing to lose, the run starts from round 1.
+    (out / RECORDS).write_text("")
     summary = train(config, out_dir=out, resume=True, log=None)
-    # The stale line is gone: the file holds exactly the fresh run's one line.
     lines = (out / RECORDS).read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])

@@ -19,6 +19,7 @@ from acpsl.cut.payload import (
     KIND_GRAD,
     KIND_LABELS,
     PayloadReader,
+    ShapeLimit,
     decode_header,
     encode_header,
     header_size,
@@ -36,9 +37,13 @@ def test_header_layout_is_exact() -> None:
     # version 2, scheme id, kind, dtype code (float32 = 0), ndim
     assert data[2:7] == bytes([2, 7, KIND_GRAD, 0, 4])
     assert struct.unpack("<4I", data[7:]) == (128, 64, 7, 7)
+    limit = ShapeLimit.exact((128, 64, 7, 7))
     reader = PayloadReader(data, what="t")
-    assert decode_header(reader, scheme_id=7, kind=KIND_GRAD) == (128, 64, 7, 7)
+    assert decode_header(reader, scheme_id=7, kind=KIND_GRAD, limit=limit) == (128, 64, 7, 7)
     reader.finish()
+    # A header alone declaring 1.6 MB: refused unless the decoder expects that shape.
+    with pytest.raises(PayloadError, match="more than 65536x"):
+        decode_header(PayloadReader(data, what="t"), scheme_id=7, kind=KIND_GRAD)
 
 
 @pytest.mark.parametrize(

@@ -116,7 +116,7 @@ def test_tiny_payload_declaring_a_huge_shape_is_rejected_before_allocating() -> 
     scheme = schemes.create("dropgroup", groups=4, drop=0)
     tracemalloc.start()
     try:
-        with pytest.raises(PayloadError, match="needs"):
+        with pytest.raises(PayloadError, match=r"needs|more than"):
             scheme.decompress(data)
         _, peak = tracemalloc.get_traced_memory()
     finally:

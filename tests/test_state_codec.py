@@ -232,3 +232,40 @@ def test_random_states_round_trip(shapes, dtype_index, seed):
     assert_tree_equal(state, decode_state_dict(data))
     raw = sum(t.numel() * t.element_size() for t in state.values())
     assert len(data) == 7 + struct.unpack("<I", data[3:7])[0] + raw
+
+
+def _raw_skeleton(text: bytes, raw: bytes = b"") -> bytes:
+    return MAGIC + struct.pack("<BI", 1, len(text)) + text + raw
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # JSON nested deeper than Python's recursion limit: json.loads raised RecursionError
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+        (b'{"l": ' * 50_000 + b"1" + b"}" * 50_000, "nested deeper"),
+        # an integer of 5,000 digits: json.loads raised ValueError (int max str digits)
+        (b'{"d": [["round", ' + b"9" * 5000 + b"]]}", "integer"),
+        # under the digits limit but beyond int64: no state holds such a number
+        (b'{"d": [["round", ' + str(2**64).encode() + b"]]}", "integer"),
+        (b'{"T": ["float32", [' + b"9" * 5000 + b"]]}", "integer"),
+    ],
+)
+def test_hostile_skeletons_raise_only_payload_error(text: bytes, message: str) -> None:
+    # Issue 10, defect 4: the codec must raise PayloadError, and nothing else, on any input.
+    with pytest.raises(PayloadError, match=message):
+        decode_state_dict(_raw_skeleton(text))
+
+
+def test_depth_limit_admits_every_state_the_encoder_writes() -> None:
+    from acpsl.cut.state import MAX_DEPTH
+
+    node: object = torch.ones(2)
+    for i in range(MAX_DEPTH):  # the tensor ends up MAX_DEPTH containers deep
+        node = {i: node} if i % 3 == 0 else [node] if i % 3 == 1 else (node,)
+    data = encode_state_dict(node)
+    assert_tree_equal(decode_state_dict(data), node)
+    assert decode_state_dict(encode_state_dict({"n": -(2**63), "m": 2**63 - 1})) == {
+        "n": -(2**63),
+        "m": 2**63 - 1,
+    }

@@ -435,6 +435,85 @@ def test_malformed_and_oversized_payloads_rejected_while_good_client_continues(
     assert records[0]["iteration"] == len(sizes)
 
 
+@needs_mnist
+def test_step_declaring_another_shape_is_refused_before_decoding_and_server_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    # Issue 10, defect 1: a 36-byte top-k step declaring [1, 32, 1024, 1024] (the cut is
+    # [B, 32, 14, 14]) was accepted with status OK and applied; it must be INVALID_ARGUMENT.
+    import struct
+
+    from acpsl.cut.indices import index_width
+    from acpsl.cut.payload import encode_header
+    from acpsl.schemes.topk import TopkScheme
+
+    config = small_config(clients=2, scheme="topk")
+    server = start_server(config, tmp_path / "net")
+    good = ClientThread(server.address, client_id=0)
+    good.start()
+    md = token_metadata(TOKEN)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.SplitLearningStub(channel)
+            join = stub.Join(
+                pb.JoinRequest(requested_id=1, version=__version__, fresh=True),
+                metadata=md,
+                timeout=10,
+            )
+            deadline = time.monotonic() + 120
+            task = pb.Task()
+            while task.kind != pb.Task.TRAIN:
+                assert time.monotonic() < deadline, "the rogue client never got its turn"
+                task = stub.NextTask(pb.TaskRequest(session=join.session), metadata=md, timeout=30)
+
+            def step(smashed: bytes, count: int) -> grpc.RpcError:
+                labels = encode_labels(torch.zeros(count, dtype=torch.int64))
+                request = pb.StepRequest(
+                    session=join.session,
+                    turn=task.turn,
+                    t=task.t_start + 1,
+                    smashed=smashed,
+                    labels=labels,
+                )
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Step(request, metadata=md, timeout=30)
+                return info.value
+
+            d = 32 * 1024 * 1024
+            hostile = b"".join(
+                (
+                    encode_header(
+                        scheme_id=TopkScheme.wire_id, kind=KIND_FORWARD, shape=(1, 32, 1024, 1024)
+                    ),
+                    struct.pack("<I", 1),
+                    b"\x00",
+                    bytes((index_width(d) + 7) // 8),
+                    struct.pack("<f", 1.0),
+                )
+            )
+            assert len(hostile) == 36
+            started = time.monotonic()
+            err = step(hostile, 1)
+            assert time.monotonic() - started < 5  # the step lock was held 13.7 s before
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "(1, 32, 1024, 1024)" in err.details() and "[B, 32, 14, 14]" in err.details()
+            big = TopkScheme().compress(torch.randn(33, 32, 14, 14))  # batch size is 32
+            err = step(big, 33)
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "batch of 33" in err.details()
+            # the rogue goes silent: dropped after client_timeout, the good client goes on
+        assert server.wait(timeout=120)
+        assert good.finish() == "run complete"
+    finally:
+        server.stop()
+    assert server.coordinator.rejected == {"INVALID_ARGUMENT": 2}
+    assert server.coordinator.error is None
+    records = read_jsonl(tmp_path / "net" / "records.jsonl")
+    assert [r["round"] for r in records] == [1, 2]
+    assert [r["clients_dropped"] for r in records] == [[1], [1]]
+    assert records[0]["iteration"] == 4  # only the good client's 4 batches were applied
+
+
 def _openssl_cert(
     folder: Path, name: str, san: str = "IP:127.0.0.1,DNS:localhost"
 ) -> tuple[Path, Path]:

@@ -23,13 +23,27 @@ a payload whose dtype is not the one its decoder rebuilds. dtype codes: 0 float3
 own; every decoder reads it through :class:`PayloadReader`, which raises
 :class:`~acpsl.errors.PayloadError` on truncation and on trailing bytes, so a decoder
 cannot silently accept a malformed payload.
+
+Hostile headers. A header declares the shape of the tensor a decoder will allocate, and a
+sparse body (top-k indices, L1 counts, an ACP mask, a dropped group) legitimately rebuilds
+far more than it carries; so :func:`decode_header` bounds the declared shape before a decoder
+reads, let alone allocates, anything sized from it:
+
+* with a :class:`ShapeLimit` (a server knows its cut's per-sample shape and the configured
+  batch size; a client knows the shape of its last uplink), the shape must be
+  ``[B, *sample_shape]`` with ``B`` in the limit's range, exactly;
+* without one, the tensor rebuilt may hold at most :data:`MAX_EXPANSION` times the payload's
+  own length in bytes, so a payload of ``n`` bytes can never make a decoder allocate more
+  than ``MAX_EXPANSION * n`` bytes for its result.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,6 +75,13 @@ HEADER_FIXED = 7
 MAX_NDIM = 8
 #: Largest number of elements a payload may declare (2**31 - 1: far above any cut tensor).
 MAX_NUMEL = 2**31 - 1
+#: Without a :class:`ShapeLimit`, the most bytes a payload may rebuild per byte it holds. The
+#: legitimate expansions stay below it: dense float32 1x, 1-bit quantization 32x, top-k at
+#: ``k/d = 1/1000`` about 700x, ACP-SL keeping 1 channel of 512 at most 512x, and an all-zero
+#: L1 batch (the per-sample counts only) ``32 d / ceil(log2(d + 1))``: about 15,000x for the
+#: 6,272 values of SmallCNN's cut, 2**16 at d of about 33,000. A cut larger than that gets its
+#: all-zero L1 batches through a :class:`ShapeLimit` (every engine server sets one).
+MAX_EXPANSION = 2**16
 
 
 def header_size(ndim: int) -> int:
@@ -88,6 +109,61 @@ def encode_header(
 
 def _dtype_names() -> str:
     return ", ".join(str(d).removeprefix("torch.") for d in DTYPE_CODES)
+
+
+@dataclass(frozen=True)
+class ShapeLimit:
+    """The shapes a decoder accepts: ``[B, *sample_shape]`` with ``min_batch <= B <= max_batch``.
+
+    A server builds one from its cut (the client model's output shape per sample) and the
+    configured batch size; a client checks a gradient against its last uplink with
+    :meth:`exact`. :func:`decode_header` applies it before anything is decoded.
+
+    Attributes:
+        sample_shape: the per-sample shape (the tensor's shape without its batch dimension).
+        max_batch: the largest batch accepted (the run's batch size).
+        min_batch: the smallest batch accepted.
+        source: what the limit comes from, for messages.
+    """
+
+    sample_shape: tuple[int, ...]
+    max_batch: int
+    min_batch: int = 1
+    source: str = "the cut of this run"
+
+    @classmethod
+    def exact(cls, shape: Sequence[int]) -> ShapeLimit:
+        """The limit that accepts ``shape`` only (``shape[0]`` is the batch): what a client
+        checks a gradient against (its last uplink)."""
+        dims = tuple(int(s) for s in shape)
+        return cls(
+            sample_shape=dims[1:], max_batch=dims[0], min_batch=dims[0], source="the last uplink"
+        )
+
+    def check(self, shape: tuple[int, ...], *, what: str) -> None:
+        """Raise :class:`PayloadError` unless ``shape`` is ``[B, *sample_shape]`` with ``B`` in
+        range."""
+        if self.min_batch == self.max_batch:
+            exact = (self.max_batch, *self.sample_shape)
+            if tuple(shape) != exact:
+                raise PayloadError(f"{what}: declares shape {shape}, {self.source} has {exact}")
+            return
+        want = "[B, " + ", ".join(str(s) for s in self.sample_shape) + "]"
+        if len(shape) != 1 + len(self.sample_shape) or tuple(shape[1:]) != self.sample_shape:
+            raise PayloadError(
+                f"{what}: declares shape {shape}, {self.source} is {want}; "
+                "the sender uses another model, cut or dataset"
+            )
+        if not self.min_batch <= shape[0] <= self.max_batch:
+            allowed = (
+                f"{self.max_batch}"
+                if self.min_batch == self.max_batch
+                else f"{self.min_batch}..{self.max_batch}"
+            )
+            raise PayloadError(
+                f"{what}: declares a batch of {shape[0]} samples, {self.source} allows "
+                f"{allowed} per batch"
+            )
 
 
 class PayloadReader:
@@ -172,8 +248,12 @@ def decode_header(
     kind: int,
     ndim: int | None = None,
     dtype: torch.dtype = torch.float32,
+    limit: ShapeLimit | None = None,
 ) -> tuple[int, ...]:
     """Read and validate a header; returns the shape it declares.
+
+    The shape is bounded before the caller reads the body (module docstring): by ``limit``
+    when given, else by :data:`MAX_EXPANSION` times the payload's length.
 
     Args:
         reader: positioned at the start of the payload.
@@ -181,10 +261,12 @@ def decode_header(
         kind: the kind the payload must carry.
         ndim: if given, the number of dimensions the shape must have.
         dtype: the dtype the decoder rebuilds; the payload must declare it.
+        limit: the shapes the caller accepts, if it knows them.
 
     Raises:
-        PayloadError: wrong magic, version, scheme, kind, an unknown or unexpected dtype, or an
-            implausible shape.
+        PayloadError: wrong magic, version, scheme, kind, an unknown or unexpected dtype, an
+            implausible shape, a shape outside ``limit``, or (without ``limit``) a shape of
+            more than :data:`MAX_EXPANSION` times the payload's bytes.
     """
     what = reader.what
     magic = bytes(reader.take(2))
@@ -220,12 +302,55 @@ def decode_header(
         expected = f"{ndim}" if ndim is not None else f"at most {MAX_NDIM}"
         raise PayloadError(f"{what}: declares {got_ndim} dimensions, expected {expected}")
     shape = tuple(int(v) for v in struct.unpack(f"<{got_ndim}I", reader.take(4 * got_ndim)))
-    numel = 1
-    for s in shape:
-        numel *= s
+    numel = math.prod(shape)
     if numel > MAX_NUMEL:
         raise PayloadError(f"{what}: declared shape {shape} is implausibly large")
+    if limit is not None:
+        limit.check(shape, what=what)
+    else:
+        check_expansion(shape, dtype=dtype, size=len(reader.data), what=what)
     return shape
+
+
+def check_expansion(shape: tuple[int, ...], *, dtype: torch.dtype, size: int, what: str) -> None:
+    """Refuse a ``size``-byte payload that declares a tensor of more than
+    :data:`MAX_EXPANSION` times ``size`` bytes (see the module docstring).
+
+    Raises:
+        PayloadError: naming the declared shape, its bytes and the payload's.
+    """
+    rebuilt = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if rebuilt > MAX_EXPANSION * size:
+        raise PayloadError(
+            f"{what}: declares shape {shape} ({rebuilt:,} bytes) in a payload of {size} bytes, "
+            f"more than {MAX_EXPANSION}x what it holds; refused (a decoder that expected this "
+            "shape would accept it: give it a ShapeLimit)"
+        )
+
+
+def peek_shape(data: bytes | bytearray | memoryview, *, what: str) -> tuple[int, ...]:
+    """The shape a payload's header declares, read without decoding anything else.
+
+    Checks the magic, version and ndim only (not the scheme, kind or dtype, which the decoder
+    checks), so a server can refuse a payload of the wrong shape before any decoder runs.
+
+    Raises:
+        PayloadError: not an acpsl payload of this version, or a truncated header.
+    """
+    reader = PayloadReader(bytes(data), what=what)
+    magic = bytes(reader.take(2))
+    if magic != MAGIC:
+        raise PayloadError(
+            f"{what}: bad magic {magic!r} (expected {MAGIC!r}); not an acpsl payload"
+        )
+    version = reader.u8()
+    if version != VERSION:
+        raise PayloadError(f"{what}: format version {version}, this acpsl reads version {VERSION}")
+    reader.take(3)  # scheme, kind, dtype: the decoder's to check
+    ndim = reader.u8()
+    if ndim > MAX_NDIM:
+        raise PayloadError(f"{what}: declares {ndim} dimensions, expected at most {MAX_NDIM}")
+    return tuple(int(v) for v in struct.unpack(f"<{ndim}I", reader.take(4 * ndim)))
 
 
 def float32_bytes(values: torch.Tensor) -> bytes:

@@ -18,11 +18,18 @@ a tuple, ``{"T": [dtype, shape]}`` a tensor whose bytes follow in order of appea
 ``{"N": [dtype, shape]}`` a NumPy array. Plain JSON scalars (``int``, ``float``, ``str``,
 ``bool``, ``None``) are stored as themselves. Decoding checks every tag, dtype and shape and
 that the data is consumed exactly.
+
+Hostile input. Decoding raises :class:`~acpsl.errors.PayloadError` and nothing else, with
+bounded work: the skeleton's JSON nesting is measured (one vectorized pass) before it is
+parsed, so a deeply nested skeleton cannot exhaust Python's recursion limit; containers
+deeper than :data:`MAX_DEPTH`, integers outside the 64-bit range (or too long for Python to
+parse), and shapes over :data:`~acpsl.cut.payload.MAX_NUMEL` values are refused.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +44,12 @@ MAGIC = b"SD"
 VERSION = 1
 #: Deepest container nesting accepted on decode (a guard against hostile skeletons).
 MAX_DEPTH = 32
+#: Deepest JSON nesting of a skeleton: a container of the tree is at most 3 JSON levels
+#: (``{"d": [[key, value], ...]}``) and a tensor entry 3 more (``{"T": [dtype, [shape]]}``).
+MAX_JSON_DEPTH = 3 * MAX_DEPTH + 6
+#: Range of the integers a skeleton may hold (int64 and uint64 values).
+INT_RANGE = (-(2**63), 2**64 - 1)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 #: dtype name -> (torch dtype, little-endian NumPy dtype of the raw bytes).
 _DTYPES: dict[str, tuple[torch.dtype, str]] = {
@@ -105,10 +118,21 @@ def decode_state_dict(data: bytes | bytearray | memoryview) -> Any:
         raise PayloadError(f"state payload: format version {version}, this acpsl reads {VERSION}")
     length = reader.u32()
     raw = bytes(reader.take(length))
+    depth = _json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise PayloadError(
+            f"state payload: skeleton nested deeper than {MAX_DEPTH} levels (JSON depth {depth})"
+        )
     try:
         skeleton = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError(f"state payload: skeleton is not valid JSON ({exc})") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise PayloadError(f"state payload: a skeleton integer cannot be parsed ({exc})") from None
+    except RecursionError:  # not reached after the depth check; a last guard
+        raise PayloadError(
+            f"state payload: skeleton nested deeper than {MAX_DEPTH} levels"
+        ) from None
     out = _decode_node(skeleton, reader, depth=0)
     reader.finish()
     return out
@@ -160,10 +184,29 @@ def _encode_array(array: np.ndarray, blobs: list[bytes]) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------ decoding
+def _json_depth(raw: bytes) -> int:
+    """Deepest ``[``/``{`` nesting of the JSON text ``raw`` (brackets inside strings ignored),
+    in one vectorized pass: what :func:`json.loads` would recurse into."""
+    text = _JSON_STRING.sub(b'""', raw)
+    codes = np.frombuffer(text, dtype=np.uint8)
+    steps = np.zeros(codes.size, dtype=np.int64)
+    steps[(codes == ord("[")) | (codes == ord("{"))] = 1
+    steps[(codes == ord("]")) | (codes == ord("}"))] = -1
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _check_int(value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            shown = str(value) if abs(value) < 10**30 else f"of {len(str(abs(value)))} digits"
+            raise PayloadError(f"state payload: integer {shown} is outside the 64-bit range")
+
+
 def _decode_node(node: Any, reader: PayloadReader, *, depth: int) -> Any:
     if depth > MAX_DEPTH:
         raise PayloadError(f"state payload: nested deeper than {MAX_DEPTH} levels")
     if node is None or isinstance(node, (bool, int, float, str)):
+        _check_int(node)
         return node
     if not (isinstance(node, dict) and len(node) == 1):
         raise PayloadError(f"state payload: malformed skeleton node {str(node)[:60]!r}")
@@ -192,7 +235,8 @@ def _decode_node(node: Any, reader: PayloadReader, *, depth: int) -> Any:
                 raise PayloadError("state payload: dict entry is not a [key, value] pair")
             key = pair[0]
             if not (key is None or isinstance(key, (str, int, float, bool))):
-                raise PayloadError(f"state payload: dict key {key!r} is not a scalar")
+                raise PayloadError(f"state payload: dict key {str(key)[:60]!r} is not a scalar")
+            _check_int(key)
             if key in out:
                 raise PayloadError(f"state payload: duplicate dict key {key!r}")
             out[key] = _decode_node(pair[1], reader, depth=depth + 1)

@@ -11,6 +11,7 @@ from typing import Any
 
 from acpsl.config import TrainConfig, read_toml
 from acpsl.engine.cli_args import add_train_arguments, config_from_args
+from acpsl.errors import CheckpointError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -71,18 +72,38 @@ def run_train(args: argparse.Namespace) -> int:
     ``OUT/config.toml`` (what it was started with), so ``acpsl train --out DIR --rounds 5
     --resume`` continues that run; options given on the command line still override it.
     """
-    from acpsl.engine.loop import CONFIG, train
+    from acpsl.engine.loop import train
 
     config = config_from_args(args)
     out = getattr(args, "out", None) or default_out(config)
-    if args.resume and "config" not in vars(args):
-        saved = Path(out) / CONFIG
-        if saved.is_file():
-            # The run's own settings are the base; only the options given override them.
-            config = config_from_args(args, base=read_toml(saved))
+    if args.resume:
+        config = resume_config(args, out=Path(out))
     train(config, out_dir=out, resume=bool(args.resume))
     print(f"records: {out}/records.jsonl")
     return 0
+
+
+def resume_config(args: argparse.Namespace, *, out: Path) -> TrainConfig:
+    """The configuration of ``--resume`` (``acpsl train`` and ``acpsl serve``): the run's own
+    ``OUT/config.toml``, with the options given on the command line on top (``--config FILE``
+    replaces the run's file as the base).
+
+    Raises:
+        CheckpointError: ``OUT/config.toml`` does not exist: there is no run to continue
+            (without this check ``--resume`` would silently start a run of default settings).
+    """
+    from acpsl.engine.loop import CONFIG
+
+    saved = out / CONFIG
+    if not saved.is_file():
+        raise CheckpointError(
+            f"cannot resume: {saved} does not exist, so {out} holds no run to continue; "
+            "start the run without --resume"
+        )
+    if "config" in vars(args):
+        return config_from_args(args)
+    # The run's own settings are the base; only the options given override them.
+    return config_from_args(args, base=read_toml(saved))
 
 
 def default_out(config: TrainConfig) -> str:

@@ -37,8 +37,7 @@ from acpsl.config import TrainConfig
 from acpsl.cut.labels import encode_labels
 from acpsl.engine.aggregate import splitfed_aggregate
 from acpsl.engine.checkpoint import (
-    check_resumable,
-    load_checkpoint,
+    prepare_run_dir,
     rounds_note,
     save_checkpoint,
 )
@@ -50,7 +49,6 @@ from acpsl.engine.records import (
     clean_float,
     gen_error,
     ratio_fields,
-    read_records,
     summarize,
     truncate_records,
     write_atomic,
@@ -103,7 +101,8 @@ def train(
         config: the run's configuration.
         out_dir: run directory (created if needed).
         resume: continue from the checkpoint of the last finished round. With no checkpoint
-            in ``out_dir`` the run starts from round 1.
+            and no record in ``out_dir`` the run starts from round 1; records without a
+            checkpoint are refused (never deleted).
         log: where progress lines and the summary table go (``None``: silent).
         on_round: called with each round's record after its checkpoint is written.
 
@@ -124,21 +123,13 @@ def train(
     make_run_dir(out)
     records_path, ckpt_path = out / RECORDS, out / CHECKPOINT
 
-    ckpt: dict[str, Any] | None = None
-    if resume:
-        if ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path)
-            check_resumable(ckpt["config"], config, finished=int(ckpt["round"]))
-            note = rounds_note(ckpt["config"], config)
-            if note is not None:
-                say(note)
-        else:
-            say(f"no checkpoint in {out}: starting from round 1")
-    elif ckpt_path.exists() or read_records(records_path):
-        raise CheckpointError(
-            f"{out} already holds a run ({RECORDS}/{CHECKPOINT}); pass --resume to continue "
-            "it, or choose another --out"
-        )
+    ckpt = prepare_run_dir(
+        out, config=config, resume=resume, checkpoint=CHECKPOINT, records=RECORDS, say=say
+    )
+    if ckpt is not None:
+        note = rounds_note(ckpt["config"], config)
+        if note is not None:
+            say(note)
 
     device = resolve_device(config.device)
     run = build_run(config, device=device)
@@ -157,6 +148,11 @@ def train(
     else:
         write_atomic(records_path, b"")
         records = []
+        # round 0: a record is finished exactly when a checkpoint covers it (resume drops
+        # the others), so a crash inside round 1 never leaves records without a checkpoint
+        save_checkpoint(
+            ckpt_path, _checkpoint_state(run, round_index=0, t=0, totals=totals, wall_s=0.0)
+        )
 
     say(
         f"training {config.scheme} on {config.dataset} ({len(run.train_set)} train / "

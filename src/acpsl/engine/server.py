@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from acpsl.cut.labels import decode_labels
+from acpsl.cut.payload import ShapeLimit, peek_shape
 from acpsl.errors import PayloadError, TrainingError
 from acpsl.schemes.base import Scheme
 from acpsl.schemes.perinstance import all_finite
@@ -38,6 +39,29 @@ def _infer_classes(model: nn.Module) -> int | None:
     return last
 
 
+@torch.no_grad()
+def probe_cut_shape(
+    model: nn.Module, *, input_shape: tuple[int, ...], device: torch.device | str = "cpu"
+) -> tuple[int, ...]:
+    """The per-sample shape of ``model``'s output (the smashed data at the cut).
+
+    One forward pass of a single zero sample in eval mode (no batch-norm statistics change,
+    no random number is drawn); the model's train/eval mode is restored afterwards.
+
+    Args:
+        model: the client part of the split model.
+        input_shape: the shape of one input sample (e.g. ``(1, 28, 28)``).
+        device: where ``model`` lives.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        model.train(was_training)
+    return tuple(int(s) for s in out.shape[1:])
+
+
 class ServerRuntime:
     """The server: its model part, its optimizer and a scheme instance per client.
 
@@ -51,6 +75,12 @@ class ServerRuntime:
         device: where ``model`` lives.
         num_classes: number of classes; labels outside ``[0, num_classes)`` are refused.
             ``None``: the width of ``model``'s last ``nn.Linear``.
+        cut_shape: the per-sample shape of the smashed data (the client model's output
+            without the batch dimension; :func:`probe_cut_shape`). With ``max_batch``, an
+            uplink declaring another shape, or more samples, is refused before it is decoded
+            (a tiny payload must not make the server allocate a huge tensor). ``None``: any
+            shape, within the decoders' own bound.
+        max_batch: the largest batch accepted (the run's batch size).
     """
 
     def __init__(
@@ -61,6 +91,8 @@ class ServerRuntime:
         scheme_factory: Callable[[], Scheme],
         device: torch.device | str = "cpu",
         num_classes: int | None = None,
+        cut_shape: tuple[int, ...] | None = None,
+        max_batch: int | None = None,
     ) -> None:
         self.model = model
         self.num_classes = num_classes if num_classes is not None else _infer_classes(model)
@@ -68,12 +100,50 @@ class ServerRuntime:
         self.scheme_factory = scheme_factory
         self.device = torch.device(device)
         self.schemes: dict[int, Scheme] = {}
+        self.cut_shape = None if cut_shape is None else tuple(int(s) for s in cut_shape)
+        self.max_batch = max_batch
+
+    @property
+    def limit(self) -> ShapeLimit | None:
+        """The uplink shapes accepted (from :attr:`cut_shape` and :attr:`max_batch`), if known."""
+        if self.cut_shape is None:
+            return None
+        return ShapeLimit(
+            # an empty batch passes here and is refused, by name, with its labels
+            sample_shape=self.cut_shape,
+            max_batch=self.max_batch or 2**31 - 1,
+            min_batch=0,
+        )
 
     def scheme(self, client_id: int) -> Scheme:
-        """The server-side scheme instance of ``client_id`` (created on first use)."""
+        """The server-side scheme instance of ``client_id`` (created on first use; its decoder
+        expects :attr:`limit`)."""
         if client_id not in self.schemes:
-            self.schemes[client_id] = self.scheme_factory()
+            scheme = self.scheme_factory()
+            scheme.expect(self.limit)
+            self.schemes[client_id] = scheme
         return self.schemes[client_id]
+
+    def check_shapes(self, smashed: bytes, labels: bytes, *, who: str) -> None:
+        """Refuse, from their headers alone, an uplink whose declared shape is not the cut's
+        or whose batch (of smashed data or labels) exceeds :attr:`max_batch`: before any
+        decoder runs, whatever the scheme (a plug-in's included).
+
+        Raises:
+            PayloadError: naming the declared and the expected shape.
+        """
+        limit = self.limit
+        if limit is not None:
+            limit.check(
+                peek_shape(smashed, what=f"{who}: smashed data"), what=f"{who}: smashed data"
+            )
+        if self.max_batch is not None:
+            count = peek_shape(labels, what=f"{who}: labels")
+            if len(count) == 1 and count[0] > self.max_batch:
+                raise PayloadError(
+                    f"{who}: labels payload declares {count[0]} labels, this run's batch size "
+                    f"is {self.max_batch}"
+                )
 
     def _inputs(self, client_id: int, smashed: bytes, labels: bytes) -> tuple[torch.Tensor, ...]:
         """Decode and check one batch: non-empty, as many labels as samples, labels in range,
@@ -83,8 +153,9 @@ class ServerRuntime:
             PayloadError: a payload is malformed or the batch is unusable (see above);
                 :class:`NonFiniteSmashedError` for NaN or infinite smashed data.
         """
-        y = decode_labels(labels)
         who = f"client {client_id}"
+        self.check_shapes(smashed, labels, who=who)
+        y = decode_labels(labels)
         if y.shape[0] == 0:
             raise PayloadError(f"{who}: empty batch (0 labels); send at least one sample")
         classes = self.num_classes

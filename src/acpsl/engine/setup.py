@@ -19,7 +19,7 @@ from acpsl.config import TrainConfig
 from acpsl.data.dataset import ImageDataset
 from acpsl.engine.client import ClientRuntime
 from acpsl.engine.optim import make_optimizer
-from acpsl.engine.server import ServerRuntime
+from acpsl.engine.server import ServerRuntime, probe_cut_shape
 from acpsl.errors import ConfigError
 from acpsl.schemes.base import Scheme
 from acpsl.schemes.registry import SCHEMES
@@ -190,6 +190,9 @@ def build_run(config: TrainConfig, *, device: torch.device) -> Run:
         optimizer=make_optimizer(server_model.parameters(), config=config),
         scheme_factory=_ServerSchemes(config),
         device=device,
+        # the server refuses an uplink of another shape, or a larger batch, before decoding it
+        cut_shape=probe_cut_shape(client_model, input_shape=tuple(train_set.shape), device=device),
+        max_batch=config.batch_size,
     )
     clients: list[ClientRuntime] = []
     distinct: list[ClientRuntime] = []

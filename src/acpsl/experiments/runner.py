@@ -77,8 +77,8 @@ def run_plan(
         "match_acp": None if plan.match_acp is None else dict(plan.match_acp),
     }
     _write_atomic(out / RUN_FILE, json.dumps(meta, indent=1).encode("utf-8"))
-    # With no checkpoint yet, resume=True starts from round 1 (and clears a stray record
-    # file left by a run killed before its first checkpoint).
+    # With no checkpoint yet, resume=True starts from round 1; a run killed inside round 1
+    # resumes from the round-0 checkpoint written at its start (acpsl.engine.checkpoint).
     summary = train(config, out_dir=out, resume=True, log=log)
     return {
         "key": plan.key,

@@ -36,6 +36,7 @@ from acpsl.cut.payload import (
     KIND_FORWARD,
     KIND_GRAD,
     PayloadReader,
+    ShapeLimit,
     decode_header,
     encode_header,
     float32_bytes,
@@ -202,13 +203,22 @@ class AcpScheme(Scheme):
 
     def decompress(self, data: bytes) -> torch.Tensor:
         reader = PayloadReader(data, what="acp forward payload")
-        shape = decode_header(reader, scheme_id=self.wire_id, kind=KIND_FORWARD)
+        shape = decode_header(reader, scheme_id=self.wire_id, kind=KIND_FORWARD, limit=self.limit)
         if len(shape) < 2 or shape[0] < 1 or shape[1] < 1:
             raise PayloadError(f"acp forward payload: shape {shape} is not [B, N, ...]")
         mask = unpack_bits(reader.take((shape[1] + 7) // 8), shape[1])
         kept = torch.nonzero(mask).reshape(-1)
         if kept.numel() == 0:
             raise PayloadError("acp forward payload: the channel mask keeps no channel")
+        # Every policy prunes at most p_max (eq. 13 clips there), so a valid mask keeps at
+        # least this many channels: the rebuilt tensor is at most ~1 / (1 - p_max) times the
+        # values the payload carries, never thousands of zero channels around one value.
+        least = shape[1] - prune_count(ratio=self.policy.p_max, channels=shape[1])
+        if kept.numel() < least:
+            raise PayloadError(
+                f"acp forward payload: the mask keeps {kept.numel()} of {shape[1]} channels, "
+                f"this scheme prunes at most p_max={self.policy.p_max} (keeps at least {least})"
+            )
         values = _read_kept(reader, shape=shape, kept=kept)
         self._received = (shape, kept)
         return _scatter(values, shape=shape, kept=kept)
@@ -231,7 +241,9 @@ class AcpScheme(Scheme):
             raise PayloadError("acp gradient payload arrived before any uplink was sent")
         shape, kept = self._sent
         reader = PayloadReader(data, what="acp gradient payload")
-        got = decode_header(reader, scheme_id=self.wire_id, kind=KIND_GRAD)
+        got = decode_header(
+            reader, scheme_id=self.wire_id, kind=KIND_GRAD, limit=ShapeLimit.exact(shape)
+        )
         if got != shape:
             raise PayloadError(
                 f"acp gradient payload declares shape {got}, the last uplink had {shape}"

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from acpsl.cut.payload import ShapeLimit
+
 
 class Scheme(ABC):
     """Base class of compression schemes on the cut.
@@ -33,6 +35,17 @@ class Scheme(ABC):
         self.iteration = 0
         self.total_iterations = 1
         self._stats: dict[str, float] = {}
+        #: The uplink shapes :meth:`decompress` accepts (``None``: any, within the bound of
+        #: :data:`acpsl.cut.payload.MAX_EXPANSION`); set with :meth:`expect`.
+        self.limit: ShapeLimit | None = None
+
+    def expect(self, limit: ShapeLimit | None) -> None:
+        """Make :meth:`decompress` refuse, before decoding anything, an uplink whose declared
+        shape is outside ``limit`` (the server's cut shape and batch size); ``None`` lifts it.
+
+        Every decoder passes :attr:`limit` to :func:`acpsl.cut.payload.decode_header`.
+        """
+        self.limit = limit
 
     # ----------------------------------------------------------------------------- progress
     def set_iteration(self, *, t: int, total: int) -> None:

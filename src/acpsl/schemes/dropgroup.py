@@ -27,6 +27,7 @@ from acpsl.cut.payload import (
     KIND_FORWARD,
     KIND_GRAD,
     PayloadReader,
+    ShapeLimit,
     decode_header,
     encode_header,
     float32_array,
@@ -119,9 +120,11 @@ class DropGroupScheme(Scheme):
                     parts.append(sample[stop:].data)
         return b"".join(parts)
 
-    def _decode(self, data: bytes, *, kind: int, what: str) -> torch.Tensor:
+    def _decode(
+        self, data: bytes, *, kind: int, what: str, limit: ShapeLimit | None
+    ) -> torch.Tensor:
         reader = PayloadReader(data, what=what)
-        shape = decode_header(reader, scheme_id=self.wire_id, kind=kind)
+        shape = decode_header(reader, scheme_id=self.wire_id, kind=kind, limit=limit)
         if len(shape) < 2:
             raise PayloadError(f"{what}: declares shape {shape}, needs [B, N, ...]")
         groups, drop = reader.u16(), reader.u16()
@@ -172,7 +175,9 @@ class DropGroupScheme(Scheme):
         return data
 
     def decompress(self, data: bytes) -> torch.Tensor:
-        out = self._decode(data, kind=KIND_FORWARD, what="dropgroup forward payload")
+        out = self._decode(
+            data, kind=KIND_FORWARD, what="dropgroup forward payload", limit=self.limit
+        )
         self._server_shape = tuple(out.shape)
         return out
 
@@ -185,7 +190,8 @@ class DropGroupScheme(Scheme):
         return self._encode(g, kind=KIND_GRAD)
 
     def decompress_grad(self, data: bytes) -> torch.Tensor:
-        out = self._decode(data, kind=KIND_GRAD, what="dropgroup gradient payload")
+        sent = None if self._client_shape is None else ShapeLimit.exact(self._client_shape)
+        out = self._decode(data, kind=KIND_GRAD, what="dropgroup gradient payload", limit=sent)
         if self._client_shape is not None and tuple(out.shape) != self._client_shape:
             raise PayloadError(
                 f"dropgroup gradient payload has shape {tuple(out.shape)}, the last uplink "

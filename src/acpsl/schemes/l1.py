@@ -114,7 +114,9 @@ class L1Scheme(Scheme):
 
     def decompress(self, data: bytes) -> torch.Tensor:
         reader = PayloadReader(data, what="l1 forward payload")
-        shape, batch, d = read_batch_header(reader, scheme_id=self.wire_id, kind=KIND_FORWARD)
+        shape, batch, d = read_batch_header(
+            reader, scheme_id=self.wire_id, kind=KIND_FORWARD, limit=self.limit
+        )
         counts = decode_counts(reader, batch=batch, d=d)
         selection = read_selection(reader, counts=counts, batch=batch, d=d)
         values = reader.view(selection.total, "<f4")

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from acpsl.cut.payload import PayloadReader, decode_header
+from acpsl.cut.payload import PayloadReader, ShapeLimit, decode_header
 from acpsl.errors import ConfigError, PayloadError, TrainingError
 
 
@@ -92,14 +92,15 @@ def resolve_k(*, k: int | None, keep_ratio: float | None, d: int, scheme: str) -
 
 
 def read_batch_header(
-    reader: PayloadReader, *, scheme_id: int, kind: int
+    reader: PayloadReader, *, scheme_id: int, kind: int, limit: ShapeLimit | None = None
 ) -> tuple[tuple[int, ...], int, int]:
     """Read a header and split its shape into ``(shape, B, d)`` for a per-instance payload.
 
     Raises:
-        PayloadError: the shape is not a batch of at least one non-empty sample.
+        PayloadError: the shape is not a batch of at least one non-empty sample, or is outside
+            ``limit`` (see :func:`acpsl.cut.payload.decode_header`).
     """
-    shape = decode_header(reader, scheme_id=scheme_id, kind=kind)
+    shape = decode_header(reader, scheme_id=scheme_id, kind=kind, limit=limit)
     if len(shape) < 2 or shape[0] < 1 or math.prod(shape[1:]) < 1:
         raise PayloadError(f"{reader.what}: shape {shape} is not a batch of non-empty samples")
     return shape, shape[0], math.prod(shape[1:])

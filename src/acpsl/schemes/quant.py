@@ -127,7 +127,9 @@ class QuantizationScheme(Scheme):
 
     def decompress(self, data: bytes) -> torch.Tensor:
         reader = PayloadReader(data, what="quant forward payload")
-        shape, batch, d = read_batch_header(reader, scheme_id=self.wire_id, kind=KIND_FORWARD)
+        shape, batch, d = read_batch_header(
+            reader, scheme_id=self.wire_id, kind=KIND_FORWARD, limit=self.limit
+        )
         bits = reader.u8()
         if not MIN_BITS <= bits <= MAX_BITS:
             raise PayloadError(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from acpsl.cut.indices import read_selection, selection_mode, selection_parts, selection_size
-from acpsl.cut.payload import KIND_FORWARD, KIND_GRAD, PayloadReader, encode_header
+from acpsl.cut.payload import KIND_FORWARD, KIND_GRAD, PayloadReader, ShapeLimit, encode_header
 from acpsl.errors import PayloadError, TrainingError
 from acpsl.kernels import bits as bit_kernels
 from acpsl.kernels import topk as topk_kernels
@@ -93,7 +93,9 @@ class SelectionScheme(Scheme):
 
     def decompress(self, data: bytes) -> torch.Tensor:
         reader = PayloadReader(data, what=f"{self.name} forward payload")
-        shape, batch, d = read_batch_header(reader, scheme_id=self.wire_id, kind=KIND_FORWARD)
+        shape, batch, d = read_batch_header(
+            reader, scheme_id=self.wire_id, kind=KIND_FORWARD, limit=self.limit
+        )
         k = reader.u32()
         if not 1 <= k <= d:
             raise PayloadError(f"{reader.what}: k={k} is not in 1..{d} (values per sample)")
@@ -127,7 +129,8 @@ class SelectionScheme(Scheme):
 
     def decompress_grad(self, data: bytes) -> torch.Tensor:
         reader = PayloadReader(data, what=f"{self.name} gradient payload")
-        shape, _, _ = read_batch_header(reader, scheme_id=self.wire_id, kind=KIND_GRAD)
+        limit = None if self._sent is None else ShapeLimit.exact(self._sent[0])
+        shape, _, _ = read_batch_header(reader, scheme_id=self.wire_id, kind=KIND_GRAD, limit=limit)
         if self._sent is None or self._sent[0] != shape:
             sent = None if self._sent is None else self._sent[0]
             raise PayloadError(

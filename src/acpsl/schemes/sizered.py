@@ -11,6 +11,7 @@ from acpsl.cut.payload import (
     KIND_FORWARD,
     KIND_GRAD,
     PayloadReader,
+    ShapeLimit,
     encode_header,
 )
 from acpsl.errors import PayloadError, TrainingError
@@ -39,9 +40,11 @@ def _encode(
     )
 
 
-def _decode(data: bytes, *, wire_id: int, kind: int, what: str) -> tuple[torch.Tensor, int]:
+def _decode(
+    data: bytes, *, wire_id: int, kind: int, what: str, limit: ShapeLimit | None
+) -> tuple[torch.Tensor, int]:
     reader = PayloadReader(data, what=what)
-    shape, batch, d = read_batch_header(reader, scheme_id=wire_id, kind=kind)
+    shape, batch, d = read_batch_header(reader, scheme_id=wire_id, kind=kind, limit=limit)
     k = reader.u32()
     # d is repeated in the body so that a corrupted shape cannot pass as a huge valid tensor.
     # k = 0 is never written (an encoder keeps at least one value) and would let a tiny
@@ -100,7 +103,11 @@ class SizeReductionScheme(Scheme):
 
     def decompress(self, data: bytes) -> torch.Tensor:
         out, self._seen_k = _decode(
-            data, wire_id=self.wire_id, kind=KIND_FORWARD, what="sizered forward payload"
+            data,
+            wire_id=self.wire_id,
+            kind=KIND_FORWARD,
+            what="sizered forward payload",
+            limit=self.limit,
         )
         return out
 
@@ -113,8 +120,9 @@ class SizeReductionScheme(Scheme):
         )
 
     def decompress_grad(self, data: bytes) -> torch.Tensor:
+        sent = None if self._sent_shape is None else ShapeLimit.exact(self._sent_shape)
         out, _ = _decode(
-            data, wire_id=self.wire_id, kind=KIND_GRAD, what="sizered gradient payload"
+            data, wire_id=self.wire_id, kind=KIND_GRAD, what="sizered gradient payload", limit=sent
         )
         if self._sent_shape is not None and tuple(out.shape) != self._sent_shape:
             raise PayloadError(

@@ -10,6 +10,7 @@ from acpsl.cut.payload import (
     KIND_FORWARD,
     KIND_GRAD,
     PayloadReader,
+    ShapeLimit,
     decode_header,
     encode_header,
     float32_array,
@@ -26,10 +27,13 @@ def encode_dense(x: torch.Tensor, *, scheme_id: int, kind: int) -> bytes:
     )
 
 
-def decode_dense(data: bytes, *, scheme_id: int, kind: int, what: str) -> torch.Tensor:
-    """Inverse of :func:`encode_dense`, validating the length exactly."""
+def decode_dense(
+    data: bytes, *, scheme_id: int, kind: int, what: str, limit: ShapeLimit | None = None
+) -> torch.Tensor:
+    """Inverse of :func:`encode_dense`, validating the length exactly (and the shape against
+    ``limit``, if given, before reading the values)."""
     reader = PayloadReader(data, what=what)
-    shape = decode_header(reader, scheme_id=scheme_id, kind=kind)
+    shape = decode_header(reader, scheme_id=scheme_id, kind=kind, limit=limit)
     values = reader.float32(math.prod(shape))
     reader.finish()
     return values.reshape(shape)
@@ -52,7 +56,11 @@ class StandardScheme(Scheme):
 
     def decompress(self, data: bytes) -> torch.Tensor:
         return decode_dense(
-            data, scheme_id=self.wire_id, kind=KIND_FORWARD, what="standard forward payload"
+            data,
+            scheme_id=self.wire_id,
+            kind=KIND_FORWARD,
+            what="standard forward payload",
+            limit=self.limit,
         )
 
     def compress_grad(self, g: torch.Tensor) -> bytes:

@@ -42,14 +42,13 @@ from acpsl.cut.payload import KIND_FORWARD
 from acpsl.cut.state import decode_state_dict, encode_state_dict
 from acpsl.engine import loop as engine_loop
 from acpsl.engine.aggregate import weighted_average
-from acpsl.engine.checkpoint import check_resumable, load_checkpoint
+from acpsl.engine.checkpoint import prepare_run_dir, save_checkpoint
 from acpsl.engine.client import ClientRuntime
 from acpsl.engine.records import (
     RunSummary,
     clean_float,
     gen_error,
     ratio_fields,
-    read_records,
     summarize,
     truncate_records,
     write_atomic,
@@ -234,18 +233,15 @@ class EngineServerBackend:
     def _setup(self, config: TrainConfig, *, resume: bool) -> None:
         self.records_path = self.out / engine_loop.RECORDS
         self.ckpt_path = self.out / engine_loop.CHECKPOINT
-        ckpt: dict[str, Any] | None = None
-        if resume:
-            if self.ckpt_path.exists():
-                ckpt = load_checkpoint(self.ckpt_path)
-                check_resumable(ckpt["config"], config, finished=int(ckpt["round"]))
-            else:
-                self._say(f"no checkpoint in {self.out}: starting from round 1")
-        elif self.ckpt_path.exists() or read_records(self.records_path):
-            raise CheckpointError(
-                f"{self.out} already holds a run ({engine_loop.RECORDS}/"
-                f"{engine_loop.CHECKPOINT}); pass --resume to continue it, or choose another --out"
-            )
+        # under the run-directory lock: no other server writes here
+        ckpt = prepare_run_dir(
+            self.out,
+            config=config,
+            resume=resume,
+            checkpoint=engine_loop.CHECKPOINT,
+            records=engine_loop.RECORDS,
+            say=self._say,
+        )
         self.run: Run = build_run(config, device=resolve_device(config.device))
         # labels outside the dataset's classes are refused before they reach the model
         self.run.server.num_classes = self.run.test_set.num_classes
@@ -271,6 +267,12 @@ class EngineServerBackend:
         else:
             write_atomic(self.records_path, b"")
             self.records = []
+            save_checkpoint(  # round 0, as in-process (acpsl.engine.checkpoint)
+                self.ckpt_path,
+                engine_loop._checkpoint_state(
+                    self.run, round_index=0, t=0, totals=self.totals, wall_s=0.0
+                ),
+            )
         self._total = self.run.total_iterations()
         self._synced = [False] * config.clients
         self._segment_start: float | None = None
@@ -493,6 +495,7 @@ class EngineServerBackend:
                 scheme_id=StandardScheme.wire_id,
                 kind=KIND_FORWARD,
                 what="uncompressed evaluation payload",
+                limit=self.run.server.limit,  # the cut's shape, checked before decoding
             )
             if x.dim() == 0 or x.shape[0] != y.shape[0]:
                 raise PayloadError(

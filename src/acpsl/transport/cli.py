@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from acpsl.errors import ConfigError
@@ -82,7 +83,10 @@ def add_parser(subparsers: Any) -> None:
     net = serve.add_argument_group("network")
     net.add_argument("--out", required=True, metavar="DIR", help="run directory")
     net.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint; without --config the settings "
+        "are read from OUT/config.toml and only the options given override them",
     )
     net.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     net.add_argument(
@@ -174,13 +178,15 @@ def _logging() -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """``acpsl serve``: build the configuration, serve until the run is over."""
     from acpsl.engine.cli_args import config_from_args
+    from acpsl.engine.commands import resume_config
     from acpsl.transport.backend import EngineServerBackend
     from acpsl.transport.coordinator import Timing
     from acpsl.transport.security import TlsFiles, resolve_token
     from acpsl.transport.server import ServerOptions, SplitServer
 
     _logging()
-    config = config_from_args(args)
+    # --resume continues the run in --out with its own settings (as `acpsl train --resume`)
+    config = resume_config(args, out=Path(args.out)) if args.resume else config_from_args(args)
     tls = None
     if args.tls_cert or args.tls_key:
         tls = TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_client_ca)
