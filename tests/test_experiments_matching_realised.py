@@ -67,11 +67,13 @@ def test_presets_match_realised_bytes_unless_asked_for_p_base() -> None:
         ("topk", None, {}),
     ]
     data["runs"][1]["match"] = {"to": "acp", "at": "p_max"}
-    with pytest.raises(ConfigError, match="at = \"p_base\""):
+    with pytest.raises(ConfigError, match='at = "p_base"'):
         presets.parse(data, name="x")
 
 
-def test_baselines_match_the_realised_bytes_of_their_seed(tmp_path: Path, shared_data: Path) -> None:
+def test_baselines_match_the_realised_bytes_of_their_seed(
+    tmp_path: Path, shared_data: Path
+) -> None:
     """Two workers, baseline listed first: it still waits for ACP-SL, then takes the k whose
     payload is closest to ACP-SL's measured bytes per sample of the same seed."""
     base = {**BASE, "data_dir": str(shared_data)}
@@ -120,4 +122,7 @@ def test_a_reference_that_is_missing_or_failed_stops_its_baselines(
     ]
     result = compare(broken, out_dir=tmp_path / "b", workers=1, progress=False)
     assert result.results["mnist/acp/seed0"]["status"] == "failed"
-    assert result.failed["mnist/quant/seed0"] == "not run: it is matched to mnist/acp/seed0, which failed"
+    assert (
+        result.failed["mnist/quant/seed0"]
+        == "not run: it is matched to mnist/acp/seed0, which failed"
+    )

@@ -33,6 +33,13 @@ File layout (``presets/<name>.toml``)::
     match = { to = "acp" }   # or { fraction = 0.0286 } or { to = "panel" }: see below
     config = { ... }         # optional TrainConfig overrides for this run
 
+    [[claims]]               # optional: the paper's claims, judged by ``acpsl report``
+    text = "ACP-SL is more accurate than Quantization-SL"
+    kind = "beats"           # or "best"; see acpsl.experiments.verdicts
+    label = "acp"
+    than = ["quant"]
+    metric = "final_acc"     # final_acc | best_acc | rounds_to | cut_bytes_to (+ target)
+
     [scales.small]           # named reduced scales; "full" (no overrides) always exists
     rounds = 10
     fraction = 0.1           # use this fraction of the training set (sets ``subset``)
@@ -73,6 +80,7 @@ from typing import Any
 
 from acpsl.config import TrainConfig, read_toml
 from acpsl.errors import ConfigError
+from acpsl.experiments.verdicts import Claim, claim_dict, parse_claims
 
 #: Scales every preset understands; presets may define more.
 BUILTIN_SCALES = ("full", "small", "tiny")
@@ -104,6 +112,7 @@ _TOP_KEYS = frozenset(
         "panels",
         "runs",
         "scales",
+        "claims",
     }
 )
 
@@ -208,6 +217,7 @@ class Preset:
     target_acc: tuple[float, ...] = ()
     plots: tuple[str, ...] = ("acc_round", "acc_bytes", "loss_round")
     scales: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    claims: tuple[Claim, ...] = ()
 
     def scale_names(self) -> list[str]:
         """``full`` plus the scales the preset defines."""
@@ -346,6 +356,7 @@ class Preset:
             "target_acc": list(self.target_acc),
             "plots": list(self.plots),
             "scales": self.scale_names(),
+            "claims": [claim_dict(c) for c in self.claims],
         }
 
 
@@ -533,6 +544,7 @@ def parse(data: Mapping[str, Any], *, name: str) -> Preset:
         target_acc=tuple(float(a) for a in data.get("target_acc", [])),
         plots=plots,
         scales=scales,
+        claims=parse_claims(data.get("claims"), preset=name, labels=[r.label for r in runs]),
     )
     labels = {r.label for r in preset.runs}
     for panel in preset.panels:
