@@ -31,6 +31,7 @@ PAPER_PRESETS = {
     "randtopk-fig4",
     "randtopk-fig5",
     "acp-mnist",
+    "acp-levels",
 }
 
 

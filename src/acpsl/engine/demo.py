@@ -8,7 +8,6 @@ prints test accuracy and the bytes that crossed the cut for each.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from acpsl.config import TrainConfig
 from acpsl.data import load_dataset
 from acpsl.engine.loop import train
 from acpsl.engine.records import RunSummary, format_bytes
+from acpsl.experiments.runs import training_samples
 from acpsl.models import create as create_model
 from acpsl.schemes.matching import match_params
 
@@ -96,7 +96,7 @@ def run_demo(
             label=label,
             scheme_params=params,
             summary=summary,
-            samples=_training_samples(folder) * rounds,
+            samples=training_samples(folder) * rounds,
         )
         rows.append(row)
         return row
@@ -130,12 +130,6 @@ def smashed_shape(config: TrainConfig) -> tuple[int, ...]:
     with torch.no_grad():
         out = split.client(torch.zeros(1, *dataset.shape))
     return tuple(int(s) for s in out.shape[1:])
-
-
-def _training_samples(folder: Path) -> int:
-    """Training samples of a run (from its ``partition.json``)."""
-    sizes = json.loads((folder / "partition.json").read_text(encoding="utf-8"))["sizes"]
-    return int(sum(sizes))
 
 
 def demo_table(rows: list[DemoRow]) -> str:

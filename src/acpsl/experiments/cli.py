@@ -115,7 +115,8 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=("auto", "none"),
         default="auto",
         help="with --schemes: auto matches topk/randtopk/sizered/quant without a size "
-        "parameter to ACP-SL's mean payload (1 - p_base) when acp is in the list (default: auto)",
+        "parameter to the realised mean uplink bytes per sample of the acp run of the same seed "
+        "(which runs first) when acp is in the list (default: auto)",
     )
     grid.add_argument("--workers", type=int, default=1, help="local processes at once (default: 1)")
     grid.add_argument(
@@ -222,13 +223,14 @@ def plans_for_schemes(
         base: the shared configuration (TrainConfig fields).
         seeds: seeds to run.
         match: ``auto``: schemes of :data:`MATCHABLE` without a size parameter are matched
-            to ACP-SL's mean payload when ``acp`` is among the schemes; ``none``: never.
+            to the realised mean uplink bytes per sample of the (first) ``acp`` run of the
+            same seed, when ``acp`` is among the schemes; ``none``: never.
         fraction: fraction of the training set (sets ``subset``).
     """
     from acpsl.experiments.presets import RunPlan, acp_kept_fraction, subset_for_fraction
 
     parsed = [parse_scheme_spec(s) for s in specs]
-    acp = next((p for _, n, p in parsed if n == "acp"), None)
+    acp_label, acp = next(((lb, p) for lb, n, p in parsed if n == "acp"), (None, None))
     cfg = dict(base)
     if fraction is not None:
         cfg["subset"] = subset_for_fraction(str(cfg.get("dataset", "mnist")), fraction)
@@ -252,6 +254,7 @@ def plans_for_schemes(
                     config=config,
                     match_acp=match_acp,
                     panel_title=panel,
+                    match_run=None if match_acp is None else f"{panel}/{acp_label}/seed{seed}",
                 )
             )
     return plans
@@ -299,6 +302,8 @@ def run_compare(args: argparse.Namespace) -> int:
             extra = ""
             if plan.match_fraction is not None:
                 extra = f", size matched to {100 * plan.match_fraction:.2f}% of standard"
+            elif plan.match_run is not None:
+                extra = f", size matched to the realised uplink bytes of {plan.match_run}"
             elif plan.match_acp is not None:
                 extra = ", size matched to ACP-SL at p_base"
             c = plan.config

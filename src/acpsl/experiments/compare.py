@@ -159,6 +159,7 @@ def compare(
         raise ConfigError(
             f"the grid has duplicate runs: {', '.join(dupes)}; give them distinct labels"
         )
+    plans = dependency_order(plans)
     if ray_address is None:
         preflight(plans)
     root = Path(out_dir)
@@ -186,6 +187,7 @@ def _compare_locked(
     threads: int | None,
     ray_gpus: float,
 ) -> CompareResult:
+    check_references(plans, root=root)
     write_grid(root, plans, dict(meta or {}))
     result = CompareResult(root=root)
     if not plans:
@@ -208,6 +210,67 @@ def _compare_locked(
             plans, root=root, workers=workers, threads=per, result=result, progress=progress
         )
     return result
+
+
+def dependency_order(plans: Sequence[RunPlan]) -> list[RunPlan]:
+    """``plans`` with every run that another one is matched to (``match_run``) first, the
+    order otherwise kept, so that ACP-SL's runs start before the baselines waiting on their
+    realised bytes.
+
+    Raises:
+        ConfigError: a reference run is itself matched to another run (chains are not
+            supported: the reference must be an ACP-SL run).
+    """
+    keys = {p.key for p in plans}
+    refs = {p.match_run for p in plans if p.match_run in keys}
+    for plan in plans:
+        if plan.key in refs and plan.match_run is not None:
+            raise ConfigError(
+                f"run {plan.key} is the matching reference of other runs but is matched "
+                f"itself (to {plan.match_run}); match baselines to an acp run"
+            )
+    return [p for p in plans if p.key in refs] + [p for p in plans if p.key not in refs]
+
+
+def check_references(plans: Sequence[RunPlan], *, root: Path) -> None:
+    """Fail before training when a run is matched to a reference run that is neither in the
+    grid nor finished in ``root`` (e.g. ``--only randtopk`` on a fresh directory).
+
+    Raises:
+        ConfigError: naming the run, its reference and what to do.
+    """
+    keys = {p.key for p in plans}
+    for plan in plans:
+        ref = plan.match_run
+        if ref is None or ref in keys:
+            continue
+        path = run_dir(root, plan).parents[2] / ref
+        if not (path / "summary.json").exists():
+            raise ConfigError(
+                f"run {plan.key} is matched to the realised uplink bytes of {ref}, which is "
+                f"not in this grid and not finished in {root}; add its label (e.g. --only "
+                f"{ref.split('/')[1]} {plan.label}) or match at p_base"
+            )
+
+
+def _reference_state(plan: RunPlan, result: CompareResult, keys: set[str]) -> str:
+    """``"ready"``, ``"wait"`` (its reference run of this grid has not ended) or
+    ``"failed"`` (it ended in failure) for ``plan``."""
+    ref = plan.match_run
+    if ref is None or ref not in keys:
+        return "ready"
+    outcome = result.results.get(ref)
+    if outcome is None:
+        return "wait"
+    return "failed" if outcome["status"] == "failed" else "ready"
+
+
+def _reference_failed(plan: RunPlan) -> dict[str, Any]:
+    return {
+        "key": plan.key,
+        "status": "failed",
+        "error": f"not run: it is matched to {plan.match_run}, which failed",
+    }
 
 
 def preflight(plans: Sequence[RunPlan]) -> None:
@@ -248,9 +311,13 @@ def preflight(plans: Sequence[RunPlan]) -> None:
 def _run_inline(
     plans: Sequence[RunPlan], *, root: Path, result: CompareResult, progress: bool
 ) -> None:
+    keys = {p.key for p in plans}
     bar = tqdm(plans, desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
     for plan in bar:
         bar.set_postfix_str(plan.key, refresh=True)
+        if _reference_state(plan, result, keys) == "failed":
+            result.results[plan.key] = _reference_failed(plan)
+            continue
         data = plan.to_dict()
         data["config"]["progress"] = bool(progress and data["config"].get("progress", True))
         try:
@@ -288,6 +355,7 @@ def _run_processes(
     progress: bool,
 ) -> None:
     pending = list(plans)
+    keys = {p.key for p in plans}
     running: dict[str, tuple[subprocess.Popen[bytes], Any, RunPlan]] = {}
     bar = tqdm(total=len(plans), desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
     try:
@@ -297,7 +365,15 @@ def _run_processes(
     try:
         while pending or running:
             while pending and len(running) < workers:
-                plan = pending.pop(0)
+                states = [_reference_state(p, result, keys) for p in pending]
+                if all(st == "wait" for st in states):
+                    break  # every pending run waits for a reference that is running
+                index = next(i for i, st in enumerate(states) if st != "wait")
+                plan = pending.pop(index)
+                if states[index] == "failed":
+                    result.results[plan.key] = _reference_failed(plan)
+                    bar.update(1)
+                    continue
                 if is_finished(run_dir(root, plan), rounds=plan.config.rounds):
                     result.results[plan.key] = {"key": plan.key, "status": "skipped"}
                     bar.update(1)
@@ -419,11 +495,25 @@ def _run_ray(
         raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
     try:
         task = ray.remote(num_cpus=1, num_gpus=gpus)(ray_task)
-        refs = {}
-        for plan in plans:
-            data = plan.to_dict()
-            data["config"]["progress"] = False
-            refs[task.remote(data, str(root.resolve()), threads or 1)] = plan
+        refs: dict[Any, RunPlan] = {}
+        keys = {p.key for p in plans}
+        waiting = list(plans)
+
+        def submit_ready() -> None:
+            # runs matched to a reference of this grid are submitted once it has ended
+            for plan in list(waiting):
+                state = _reference_state(plan, result, keys)
+                if state == "wait":
+                    continue
+                waiting.remove(plan)
+                if state == "failed":
+                    result.results[plan.key] = _reference_failed(plan)
+                    bar.update(1)
+                    continue
+                data = plan.to_dict()
+                data["config"]["progress"] = False
+                refs[task.remote(data, str(root.resolve()), threads or 1)] = plan
+
         bar = tqdm(
             total=len(plans),
             desc="runs (ray)",
@@ -432,6 +522,7 @@ def _run_ray(
             dynamic_ncols=True,
         )
         try:
+            submit_ready()
             while refs:
                 done, _ = ray.wait(list(refs), num_returns=1)
                 plan = refs.pop(done[0])
@@ -444,6 +535,7 @@ def _run_ray(
                         "error": _one_line(exc),
                     }
                 bar.update(1)
+                submit_ready()
         except KeyboardInterrupt:
             for ref in refs:
                 ray.cancel(ref, force=True)

@@ -80,6 +80,7 @@ def resolve_match(
     *,
     fraction: float | None = None,
     acp_params: Mapping[str, Any] | None = None,
+    target_bytes_per_sample: float | None = None,
 ) -> TrainConfig:
     """``config`` with the size parameter of its scheme matched to a target payload.
 
@@ -88,17 +89,24 @@ def resolve_match(
         fraction: target = this fraction of the uncompressed (standard) payload per sample,
             header share included.
         acp_params: target = ACP-SL's payload per sample at ``p_base`` of these parameters.
+        target_bytes_per_sample: target = this many bytes per sample (e.g. ACP-SL's realised
+            mean, :func:`acpsl.experiments.runs.uplink_bytes_per_sample`).
 
     Raises:
-        ConfigError: neither or both targets given, or a scheme without a size parameter.
+        ConfigError: not exactly one target given, or a scheme without a size parameter.
     """
     from acpsl.schemes.matching import match_params
 
-    if (fraction is None) == (acp_params is None):
-        raise ConfigError("resolve_match needs exactly one of fraction and acp_params")
+    given = [x is not None for x in (fraction, acp_params, target_bytes_per_sample)]
+    if sum(given) != 1:
+        raise ConfigError(
+            "resolve_match needs exactly one of fraction, acp_params and target_bytes_per_sample"
+        )
     sample_shape, num_classes = cut_shape(config)
     batch = config.batch_size
-    if fraction is not None:
+    if target_bytes_per_sample is not None:
+        target = float(target_bytes_per_sample)
+    elif fraction is not None:
         d = math.prod(sample_shape)
         standard = (header_size(1 + len(sample_shape)) + 4 * batch * d) / batch
         target = fraction * standard

@@ -33,6 +33,13 @@ File layout (``presets/<name>.toml``)::
     match = { to = "acp" }   # or { fraction = 0.0286 } or { to = "panel" }: see below
     config = { ... }         # optional TrainConfig overrides for this run
 
+    [[claims]]               # optional: the paper's claims, judged by ``acpsl report``
+    text = "ACP-SL is more accurate than Quantization-SL"
+    kind = "beats"           # or "best"; see acpsl.experiments.verdicts
+    label = "acp"
+    than = ["quant"]
+    metric = "final_acc"     # final_acc | best_acc | rounds_to | cut_bytes_to (+ target)
+
     [scales.small]           # named reduced scales; "full" (no overrides) always exists
     rounds = 10
     fraction = 0.1           # use this fraction of the training set (sets ``subset``)
@@ -42,11 +49,15 @@ File layout (``presets/<name>.toml``)::
 **Matched compression.** A run with ``match`` gets its size parameter (``k``, ``bits``)
 chosen by :func:`acpsl.experiments.matching.resolve_match` so that its uplink payload per
 sample is as close as possible to ``fraction`` of the uncompressed one (``4 d`` bytes plus
-the header); ``to = "acp"`` means ACP-SL's payload per sample at ``P_base`` (the centre of
-eq. 13's range) with the parameters of the ``acp`` run of the same preset, measured on a
-real encode; ``to = "panel"`` takes the panel's ``fraction`` (the RandTopk
-paper's compression levels are panels). Presets put ``match`` on every baseline unless the
-paper fixes its parameter.
+the header); ``to = LABEL`` (an ``acp`` run of the same preset) means the **realised** mean
+uplink bytes per training sample of that run in the same panel with the same seed, read
+from its records once it has finished (SPEC section 8: ``P_t`` of eq. 13 moves between
+``P_min`` and ``P_max``, so ``1 - P_base`` is only its nominal level; ``acpsl compare``
+runs the reference first and starts the matched run when it is done);
+``{ to = LABEL, at = "p_base" }`` matches the nominal level instead (ACP-SL's payload per
+sample at ``P_base``, measured on a real encode, no waiting); ``to = "panel"`` takes the
+panel's ``fraction`` (the RandTopk paper's compression levels are panels). Presets put
+``match`` on every baseline unless the paper fixes its parameter.
 
 **Scales.** ``full`` is the paper's scale (the default when CUDA is present); ``small`` is a
 faithful reduced version that a CPU finishes (fewer rounds, a fraction of the data, fewer
@@ -69,6 +80,7 @@ from typing import Any
 
 from acpsl.config import TrainConfig, read_toml
 from acpsl.errors import ConfigError
+from acpsl.experiments.verdicts import Claim, claim_dict, parse_claims
 
 #: Scales every preset understands; presets may define more.
 BUILTIN_SCALES = ("full", "small", "tiny")
@@ -100,6 +112,7 @@ _TOP_KEYS = frozenset(
         "panels",
         "runs",
         "scales",
+        "claims",
     }
 )
 
@@ -139,8 +152,11 @@ class RunPlan:
         match_fraction: if set, the scheme's size parameter is chosen at run time so that
             its payload per sample is this fraction of the uncompressed one.
         match_acp: if set, the size parameter is chosen to match ACP-SL's payload per sample
-            at ``p_base`` of these ACP-SL parameters (measured on a real encode).
+            at ``p_base`` of these ACP-SL parameters (measured on a real encode), unless
+            ``match_run`` is set too.
         panel_title: human-readable panel title.
+        match_run: if set, the key (``panel/label/seed<k>``) of the ACP-SL run whose realised
+            uplink bytes per sample are the target; this run waits until that one finished.
     """
 
     panel: str
@@ -150,6 +166,7 @@ class RunPlan:
     match_fraction: float | None = None
     match_acp: Mapping[str, Any] | None = None
     panel_title: str = ""
+    match_run: str | None = None
 
     @property
     def key(self) -> str:
@@ -166,6 +183,7 @@ class RunPlan:
             "match_fraction": self.match_fraction,
             "match_acp": None if self.match_acp is None else dict(self.match_acp),
             "panel_title": self.panel_title,
+            "match_run": self.match_run,
         }
 
     @classmethod
@@ -179,6 +197,7 @@ class RunPlan:
             match_fraction=data.get("match_fraction"),
             match_acp=data.get("match_acp"),
             panel_title=str(data.get("panel_title", "")),
+            match_run=data.get("match_run"),
         )
 
 
@@ -198,6 +217,7 @@ class Preset:
     target_acc: tuple[float, ...] = ()
     plots: tuple[str, ...] = ("acc_round", "acc_bytes", "loss_round")
     scales: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    claims: tuple[Claim, ...] = ()
 
     def scale_names(self) -> list[str]:
         """``full`` plus the scales the preset defines."""
@@ -262,7 +282,7 @@ class Preset:
                     merged["target_acc"] = list(self.target_acc)
                 if frac is not None and "subset" not in overrides:
                     merged["subset"] = subset_for_fraction(str(merged.get("dataset")), frac)
-                match_fraction, match_acp = self._match(run, panel)
+                match_fraction, match_acp, match_ref = self._match(run, panel)
                 declared = {**self.base, **panel.config, **run.config}.get("dataset")
                 title = panel.title
                 if declared is not None and merged.get("dataset") != declared:
@@ -279,16 +299,24 @@ class Preset:
                             match_fraction=match_fraction,
                             match_acp=match_acp,
                             panel_title=title,
+                            match_run=(
+                                None
+                                if match_ref is None
+                                else f"{panel.name}/{match_ref}/seed{int(seed)}"
+                            ),
                         )
                     )
         return plans
 
-    def _match(self, run: RunTemplate, panel: Panel) -> tuple[float | None, dict[str, Any] | None]:
-        """``(fraction, None)``, ``(None, acp params)`` or ``(None, None)`` for ``run``."""
+    def _match(
+        self, run: RunTemplate, panel: Panel
+    ) -> tuple[float | None, dict[str, Any] | None, str | None]:
+        """``(fraction, acp params, reference label)`` of ``run``'s matched size, each
+        ``None`` where it does not apply (the label is set for a realised-bytes match)."""
         if run.match is None:
-            return None, None
+            return None, None, None
         if "fraction" in run.match:
-            return float(run.match["fraction"]), None
+            return float(run.match["fraction"]), None, None
         target = str(run.match["to"])
         if target == "panel":
             if panel.fraction is None:
@@ -296,7 +324,7 @@ class Preset:
                     f"preset {self.name!r}: run {run.label!r} matches the panel's compression "
                     f"level, but panel {panel.name!r} sets no fraction"
                 )
-            return panel.fraction, None
+            return panel.fraction, None, None
         ref = next((r for r in self.runs if r.label == target), None)
         if ref is None:
             raise ConfigError(f"preset {self.name!r}: run {run.label!r} matches unknown {target!r}")
@@ -305,8 +333,14 @@ class Preset:
                 f"preset {self.name!r}: run {run.label!r} matches {target!r}, which is not an "
                 "acp run; use match = {fraction = F} for other references"
             )
+        if ref.label in panel.exclude:
+            raise ConfigError(
+                f"preset {self.name!r}: run {run.label!r} matches {target!r}, which panel "
+                f"{panel.name!r} excludes"
+            )
         acp_kept_fraction(ref.params)  # validates p_base
-        return None, dict(ref.params)
+        nominal = run.match.get("at") == "p_base"
+        return None, dict(ref.params), None if nominal else ref.label
 
     def to_summary(self) -> dict[str, Any]:
         """What ``acpsl presets`` shows and ``compare.json`` keeps about the preset."""
@@ -322,6 +356,7 @@ class Preset:
             "target_acc": list(self.target_acc),
             "plots": list(self.plots),
             "scales": self.scale_names(),
+            "claims": [claim_dict(c) for c in self.claims],
         }
 
 
@@ -448,11 +483,13 @@ def parse(data: Mapping[str, Any], *, name: str) -> Preset:
             raise bad(f"a [[runs]] entry needs label and scheme; got {sorted(raw)}")
         match = raw.get("match")
         if match is not None and not (
-            set(match) == {"to"} or (set(match) == {"fraction"} and 0 < match["fraction"] <= 1)
+            set(match) == {"to"}
+            or (set(match) == {"to", "at"} and match["at"] == "p_base")
+            or (set(match) == {"fraction"} and 0 < match["fraction"] <= 1)
         ):
             raise bad(
-                f'run {raw["label"]!r}: match must be {{to = LABEL}}, {{to = "panel"}} '
-                "or {fraction = F} with F in (0, 1]"
+                f"run {raw['label']!r}: match must be {{to = LABEL}}, {{to = LABEL, at = "
+                '"p_base"}, {to = "panel"} or {fraction = F} with F in (0, 1]'
             )
         cfg = dict(raw.get("config", {}))
         _check_config_keys(cfg, where=f"run {raw['label']!r}", bad=bad)
@@ -507,6 +544,7 @@ def parse(data: Mapping[str, Any], *, name: str) -> Preset:
         target_acc=tuple(float(a) for a in data.get("target_acc", [])),
         plots=plots,
         scales=scales,
+        claims=parse_claims(data.get("claims"), preset=name, labels=[r.label for r in runs]),
     )
     labels = {r.label for r in preset.runs}
     for panel in preset.panels:

@@ -12,10 +12,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from acpsl.config import read_toml
 from acpsl.engine.records import read_records
 from acpsl.engine.records import write_atomic as _write_atomic
+from acpsl.errors import ConfigError
 from acpsl.experiments.presets import RunPlan
-from acpsl.experiments.runs import RECORDS_FILE, RUN_FILE, SUMMARY_FILE
+from acpsl.experiments.runs import (
+    CONFIG_FILE,
+    RECORDS_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    uplink_bytes_per_sample,
+)
 
 Log = Callable[[str], None]
 
@@ -30,6 +38,32 @@ def is_finished(path: Path, *, rounds: int) -> bool:
     if not (path / SUMMARY_FILE).exists():
         return False
     return len(read_records(path / RECORDS_FILE)) >= rounds
+
+
+def reference_bytes_per_sample(root: str | Path, plan: RunPlan) -> float:
+    """The realised uplink bytes per sample of ``plan``'s reference run (``match_run``).
+
+    Raises:
+        ConfigError: the reference run has not finished in ``root`` (it must run first:
+            ``acpsl compare`` orders the grid so; a partial grid must include it).
+    """
+    assert plan.match_run is not None
+    ref = Path(root) / plan.match_run
+    rounds = _configured_rounds(ref)
+    if rounds is None or not is_finished(ref, rounds=rounds):
+        raise ConfigError(
+            f"run {plan.key} is matched to the realised uplink bytes of {plan.match_run}, "
+            f"which has not finished in {root}; run it first (include its label in the grid)"
+        )
+    return uplink_bytes_per_sample(ref)
+
+
+def _configured_rounds(path: Path) -> int | None:
+    """Rounds the run in ``path`` was configured for (its ``config.toml``), if it has one."""
+    file = path / CONFIG_FILE
+    if not file.exists():
+        return None
+    return int(read_toml(file).get("rounds", 0)) or None
 
 
 def run_plan(
@@ -63,7 +97,11 @@ def run_plan(
             "rounds": len(records),
         }
     config = plan.config
-    if plan.match_fraction is not None or plan.match_acp is not None:
+    target: float | None = None
+    if plan.match_run is not None:
+        target = reference_bytes_per_sample(root, plan)
+        config = resolve_match(config, target_bytes_per_sample=target)
+    elif plan.match_fraction is not None or plan.match_acp is not None:
         config = resolve_match(config, fraction=plan.match_fraction, acp_params=plan.match_acp)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -75,6 +113,8 @@ def run_plan(
         "scheme_params": dict(config.scheme_params),
         "match_fraction": plan.match_fraction,
         "match_acp": None if plan.match_acp is None else dict(plan.match_acp),
+        "match_run": plan.match_run,
+        "match_bytes_per_sample": target,
     }
     _write_atomic(out / RUN_FILE, json.dumps(meta, indent=1).encode("utf-8"))
     # With no checkpoint yet, resume=True starts from round 1; a run killed inside round 1

@@ -28,6 +28,7 @@ RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 CONFIG_FILE = "config.toml"
 SUMMARY_FILE = "summary.json"
+PARTITION_FILE = "partition.json"
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,40 @@ def discover(root: str | Path) -> list[RunData]:
         return (position.get(key, len(position)), key)
 
     return sorted(found, key=sort_key)
+
+
+def training_samples(path: Path) -> int:
+    """Training samples one round of the run in ``path`` passes over (every client's
+    local data once), read from its ``partition.json``.
+
+    Raises:
+        CheckpointError: the file is missing or not the engine's partition record.
+    """
+    file = Path(path) / PARTITION_FILE
+    try:
+        sizes = json.loads(file.read_text(encoding="utf-8"))["sizes"]
+        return int(sum(int(s) for s in sizes))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing: {path} is not a run directory") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{file} is not a partition record ({exc})") from None
+
+
+def uplink_bytes_per_sample(path: Path) -> float:
+    """Realised mean uplink (smashed-data) bytes per training sample of a run's recorded
+    rounds: ``bytes_up_total`` of its last record over the samples those rounds sent.
+
+    This is what a baseline is matched to (SPEC section 8): ACP-SL's payload varies with
+    ``P_t`` (eq. 13) and with the batch sizes, so its realised mean, not ``1 - P_base``, is
+    the compression level it actually reached.
+
+    Raises:
+        CheckpointError: the run has no records or no partition record.
+    """
+    from acpsl.engine.records import read_records
+
+    records = read_records(Path(path) / RECORDS_FILE)
+    if not records:
+        raise CheckpointError(f"{path} has no finished round to measure its uplink bytes")
+    samples = training_samples(path) * len(records)
+    return float(records[-1]["bytes_up_total"]) / samples
