@@ -21,12 +21,20 @@ if TYPE_CHECKING:
     from acpsl.cut.layer import CutLayer
 
 
+#: Subpackages reachable as attributes after a bare ``import acpsl`` (``acpsl.models.register``).
+_SUBMODULES = ("data", "models", "schemes", "lcis", "plugins")
+
+
 def __getattr__(name: str) -> Any:
     # Lazy, so that ``import acpsl`` (and ``acpsl --help``) does not import torch.
     if name == "CutLayer":
         from acpsl.cut.layer import CutLayer
 
         return CutLayer
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"acpsl.{name}")
     raise AttributeError(f"module 'acpsl' has no attribute {name!r}")
 
 

@@ -683,9 +683,8 @@ class EngineClientBackend:
             dynamic_ncols=True,
         )
         try:
-            for begin in range(0, order.numel(), config.batch_size):
+            for x, y in run.train_set.batches(order, batch_size=config.batch_size):
                 t += 1
-                x, y = run.train_set.batch(order[begin : begin + config.batch_size])
                 up = runtime.forward(x, y, t=t, total=int(task.total))
                 for key, value in runtime.scheme.stats().items():
                     if key in ("ratio", "table2_bytes", "bound_bytes"):
@@ -710,9 +709,7 @@ class EngineClientBackend:
         assert run is not None and config is not None
         n = len(run.test_set)
         try:
-            for begin in range(0, n, config.batch_size):
-                idx = torch.arange(begin, min(begin + config.batch_size, n))
-                x, y = run.test_set.batch(idx)
+            for x, y in run.test_set.batches(torch.arange(n), batch_size=config.batch_size):
                 labels = encode_labels(y)
                 send(runtime.encode_eval(x), labels, False)
                 if config.eval_uncompressed:
