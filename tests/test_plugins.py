@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -258,3 +259,56 @@ def test_compare_two_workers_with_registered_model_and_dataset(plugin_dir: Path)
         records = [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
         assert len(records) == 2, (run / "log.txt").read_text()
         assert records[-1]["test_acc"] >= 0.8
+
+
+@pytest.mark.net
+def test_serve_and_client_build_the_plugin_run(
+    plugin_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve`` sends the references in its configuration; each client imports them (one
+    through ``--model``: its own path to the module)."""
+    net = pytest.importorskip("test_transport_net")
+    from acpsl.config import TrainConfig
+    from acpsl.transport.backend import EngineClientBackend
+    from acpsl.transport.client import ClientOptions, SplitClient
+
+    _load_plugin_functions(plugin_dir, "plug_net")
+    monkeypatch.chdir(plugin_dir)
+    config = TrainConfig(
+        model="plug_net.py:tiny_pair",
+        dataset="plug_net:blobs",
+        data_dir=str(plugin_dir),
+        clients=2,
+        rounds=1,
+        batch_size=32,
+        lr=0.05,
+        device="cpu",
+        progress=False,
+    )
+    server = net.start_server(config, plugin_dir / "net")
+    results: list[str] = []
+
+    def client(model: str | None) -> None:
+        split = SplitClient(
+            backend=EngineClientBackend(model=model),
+            options=ClientOptions(server=server.address, token=net.TOKEN, connect_timeout=30.0),
+        )
+        try:
+            results.append(split.run())
+        finally:
+            split.close()
+
+    threads = [
+        threading.Thread(target=client, args=(m,), daemon=True)
+        for m in (None, f"{plugin_dir / 'plug_net.py'}:tiny_pair")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert server.wait(timeout=60)
+    assert len(results) == 2
+    records = [
+        json.loads(x) for x in (plugin_dir / "net" / "records.jsonl").read_text().splitlines()
+    ]
+    assert len(records) == 1 and records[0]["test_acc"] >= 0.6

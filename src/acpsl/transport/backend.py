@@ -606,6 +606,9 @@ class EngineClientBackend:
         data_dir: this client's dataset root (``None``: the server configuration's).
         device: this client's device (``None``: the server configuration's).
         progress: show a progress bar per turn (``None``: the configuration's).
+        model: this client's ``MODULE:FUNCTION`` for the run's plug-in model, when its copy
+            of the module lives elsewhere (``None``: the configuration's).
+        dataset: the same for a plug-in dataset.
     """
 
     def __init__(
@@ -614,8 +617,16 @@ class EngineClientBackend:
         data_dir: str | None = None,
         device: str | None = None,
         progress: bool | None = None,
+        model: str | None = None,
+        dataset: str | None = None,
     ) -> None:
-        self._overrides = {"data_dir": data_dir, "device": device, "progress": progress}
+        self._overrides = {
+            "data_dir": data_dir,
+            "device": device,
+            "progress": progress,
+            "model": model,
+            "dataset": dataset,
+        }
         self.config: TrainConfig | None = None
         self.client_id = -1
         self._run: Run | None = None
