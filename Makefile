@@ -18,8 +18,8 @@ demo: $(BIN)/.installed  ## the main job: a short real split-learning run, no do
 	$(BIN)/acpsl demo
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 test: lint  ## lint, types, and the whole test suite (CPU, minutes)

@@ -152,3 +152,54 @@ def test_compare_on_ray_gives_the_same_records(
         assert a == b
     again = compare(plans, out_dir=tmp_path / "ray", ray_address=ray_head, progress=False)
     assert {v["status"] for v in again.results.values()} == {"skipped"}
+
+    # Plug-ins: a module importable in the driver only through its sys.path reaches the tasks
+    # (the driver passes its plug-in path; each task imports the module before building).
+    plug = tmp_path / "plugmods"
+    plug.mkdir()
+    (plug / "rayplug.py").write_text(RAY_PLUGIN, "utf-8")
+    sys.path.insert(0, str(plug))
+    try:
+        plans = plans_for_schemes(
+            ["standard", "topk:k=16"],
+            base={
+                "dataset": "rayplug:blobs",
+                "model": "rayplug:tiny_pair",
+                "batch_size": 32,
+                "clients": 2,
+                "rounds": 1,
+                "lr": 0.05,
+                "progress": False,
+            },
+            seeds=[0],
+        )
+        result = compare(plans, out_dir=tmp_path / "plug", ray_address=ray_head, progress=False)
+    finally:
+        sys.path.remove(str(plug))
+    assert {v["status"] for v in result.results.values()} == {"done"}, result.results
+    for plan in plans:
+        assert plan.key.startswith("blobs/")
+        assert _records(tmp_path / "plug" / plan.key / "records.jsonl")[0]["test_acc"] > 0.5
+
+
+RAY_PLUGIN = """
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+def tiny_pair(*, in_channels, num_classes):
+    client = nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU())
+    return client, nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, num_classes))
+
+
+def blobs():
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 1, 8, 8, generator=gen)
+
+    def split(n):
+        y = torch.randint(0, 4, (n,), generator=gen)
+        return TensorDataset(centers[y] + 0.5 * torch.randn(n, 1, 8, 8, generator=gen), y)
+
+    return split(128), split(64)
+"""

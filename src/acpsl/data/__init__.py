@@ -4,6 +4,9 @@
   pixels, int64 labels, normalized batches by index); ``names()`` lists the datasets:
   ``mnist``, ``fashion-mnist``, ``cifar-10``, ``cifar-100`` (upstream files, md5-checked) and
   ``digits`` (scikit-learn's bundled 8x8 digits, no download).
+* Your own: ``@register(name)`` a function returning a split or a ``(train, test)`` pair of
+  torch Datasets, or name it as ``MODULE:FUNCTION``; a torch Dataset becomes a
+  :class:`TorchSplit` (docs/data.md).
 * ``partition(name, *, labels, clients, seed, beta)`` -> one index tensor per client
   (``iid`` or ``dirichlet``); ``label_histogram`` / ``format_histogram`` /
   ``save_histogram`` show what a partition did.
@@ -23,13 +26,16 @@ from acpsl.data.partitions import (
     partitioner_names,
     save_histogram,
 )
-from acpsl.data.registry import DATASETS, load_dataset, names
+from acpsl.data.registry import DATASETS, load_dataset, names, register, resolve
+from acpsl.data.torch_split import Split, TorchSplit
 
 __all__ = [
     "DATASETS",
     "PARTITIONERS",
     "ImageDataset",
     "Partitioner",
+    "Split",
+    "TorchSplit",
     "format_histogram",
     "label_histogram",
     "label_skew",
@@ -37,5 +43,7 @@ __all__ = [
     "names",
     "partition",
     "partitioner_names",
+    "register",
+    "resolve",
     "save_histogram",
 ]

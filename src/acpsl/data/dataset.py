@@ -6,6 +6,7 @@ it, so partitioning a dataset over many clients never copies an image.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -116,6 +117,12 @@ class ImageDataset:
         x = self.images.index_select(0, idx).to(torch.float32)
         x.mul_(self._scale).add_(self._shift)
         return x, self.labels.index_select(0, idx)
+
+    def batches(self, indices: Tensor, *, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """:meth:`batch` of ``indices`` taken ``batch_size`` at a time, in order (the last
+        batch may be smaller)."""
+        for chunk in torch.as_tensor(indices, dtype=torch.int64).split(batch_size):
+            yield self.batch(chunk)
 
     def subset(self, n: int) -> ImageDataset:
         """The first ``n`` samples, sharing memory with this dataset (views, no copy).

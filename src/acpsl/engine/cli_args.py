@@ -103,7 +103,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--dataset",
         default=s,
-        help="mnist | fashion-mnist | cifar-10 | cifar-100 | digits" + d("dataset"),
+        help="mnist | fashion-mnist | cifar-10 | cifar-100 | digits, or MODULE:FUNCTION "
+        "returning (train, test) torch Datasets (docs/data.md)" + d("dataset"),
     )
     run.add_argument(
         "--data-dir",
@@ -132,7 +133,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=s,
         help="evaluate on only the first N test samples" + d("test_subset"),
     )
-    run.add_argument("--model", default=s, help="resnet18 | resnet20 | smallcnn" + d("model"))
+    run.add_argument(
+        "--model",
+        default=s,
+        help="resnet18 | resnet20 | smallcnn, or MODULE:FUNCTION returning a SplitModel or "
+        "(client, server) modules (docs/models.md)" + d("model"),
+    )
     run.add_argument(
         "--cut", type=int, default=s, help="top-level model children on the client" + d("cut")
     )

@@ -269,9 +269,9 @@ def _train_round(run: Run, *, round_index: int, t: int, total: int) -> tuple[dic
                     seed=config.seed, round_index=round_index, client=c, size=run.sizes[c]
                 )
             ]
-            for start in range(0, order.numel(), config.batch_size):
+            # In memory: slices by index; other datasets: a DataLoader with workers.
+            for x, y in run.train_set.batches(order, batch_size=config.batch_size):
                 t += 1
-                x, y = run.train_set.batch(order[start : start + config.batch_size])
                 up = client.forward(x, y, t=t, total=total)
                 stats = client.scheme.stats()
                 try:
@@ -327,9 +327,7 @@ def _evaluate(run: Run) -> dict[str, Any]:
     loss_sum, correct, count, bytes_eval = 0.0, 0, 0, 0
     raw_loss, raw_correct = 0.0, 0
     n = len(run.test_set)
-    for start in range(0, n, config.batch_size):
-        idx = torch.arange(start, min(start + config.batch_size, n))
-        x, y = run.test_set.batch(idx)
+    for x, y in run.test_set.batches(torch.arange(n), batch_size=config.batch_size):
         payload, labels = client.encode_eval(x), encode_labels(y)
         bytes_eval += len(payload) + len(labels)
         batch_loss, batch_correct, batch_count = server.evaluate(c, payload, labels)

@@ -16,7 +16,7 @@ import torch
 from acpsl import data as acpsl_data
 from acpsl import models as acpsl_models
 from acpsl.config import TrainConfig
-from acpsl.data.dataset import ImageDataset
+from acpsl.data.torch_split import Split
 from acpsl.engine.client import ClientRuntime
 from acpsl.engine.optim import make_optimizer
 from acpsl.engine.server import ServerRuntime, probe_cut_shape
@@ -77,27 +77,27 @@ def check_config(config: TrainConfig) -> None:
     """Check the names and scheme parameters of ``config`` before any data is loaded.
 
     Raises:
-        ConfigError: an unknown scheme, dataset, model or partition, or scheme parameters the
-            scheme rejects; the message lists the valid choices.
+        ConfigError: an unknown scheme, dataset, model or partition, a plug-in
+            (``MODULE:FUNCTION``) that cannot be imported, or scheme parameters the scheme
+            rejects; the message lists the valid choices.
     """
     from acpsl import schemes
 
-    for kind, name, known in (
-        ("scheme", config.scheme, schemes.names()),
-        ("dataset", config.dataset, acpsl_data.names()),
-        ("model", config.model, acpsl_models.names()),
-    ):
-        if name not in known:
-            raise ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(known)}")
+    if config.scheme not in schemes.names():
+        known = ", ".join(schemes.names())
+        raise ConfigError(f"unknown scheme {config.scheme!r}; choose one of: {known}")
+    # Names or MODULE:FUNCTION plug-ins (imported here, so a bad one fails before training).
+    acpsl_data.resolve(config.dataset)
+    acpsl_models.resolve(config.model)
     make_scheme(config.scheme, dict(config.scheme_params), seed=0)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(name: str, root: str, train: bool, download: bool) -> ImageDataset:
+def _load_cached(name: str, root: str, train: bool, download: bool) -> Split:
     return acpsl_data.load_dataset(name, root=root, train=train, download=download)
 
 
-def load_split(config: TrainConfig, *, train: bool) -> ImageDataset:
+def load_split(config: TrainConfig, *, train: bool) -> Split:
     """The training or test split of ``config.dataset``, cut to ``subset``/``test_subset``.
 
     The last few splits loaded are kept in memory (datasets are immutable, and clients only
@@ -130,8 +130,8 @@ class Run:
 
     config: TrainConfig
     device: torch.device
-    train_set: ImageDataset
-    test_set: ImageDataset
+    train_set: Split
+    test_set: Split
     parts: list[torch.Tensor]
     clients: list[ClientRuntime]
     server: ServerRuntime

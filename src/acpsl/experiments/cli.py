@@ -228,13 +228,15 @@ def plans_for_schemes(
         fraction: fraction of the training set (sets ``subset``).
     """
     from acpsl.experiments.presets import RunPlan, acp_kept_fraction, subset_for_fraction
+    from acpsl.plugins import short_name
 
     parsed = [parse_scheme_spec(s) for s in specs]
     acp_label, acp = next(((lb, p) for lb, n, p in parsed if n == "acp"), (None, None))
     cfg = dict(base)
     if fraction is not None:
         cfg["subset"] = subset_for_fraction(str(cfg.get("dataset", "mnist")), fraction)
-    panel = str(cfg.get("dataset", TrainConfig().dataset))
+    # A plug-in dataset (MODULE:FUNCTION) names its panel folder by its FUNCTION.
+    panel = short_name(str(cfg.get("dataset", TrainConfig().dataset)))
     plans = []
     for label, name, params in parsed:
         match_acp = None

@@ -162,6 +162,7 @@ def compare(
     plans = dependency_order(plans)
     if ray_address is None:
         preflight(plans)
+    plugin_env = plugin_environment(plans)
     root = Path(out_dir)
     with grid_lock(root):
         return _compare_locked(
@@ -173,7 +174,32 @@ def compare(
             progress=progress,
             threads=threads,
             ray_gpus=ray_gpus,
+            plugin_env=plugin_env,
         )
+
+
+def plugin_environment(plans: Sequence[RunPlan]) -> dict[str, str]:
+    """What workers need to import the grid's plug-ins (:func:`acpsl.plugins.worker_environment`):
+    the driver's search path, and the modules outside acpsl that registered the schemes,
+    models and datasets the plans name (``MODULE:FUNCTION`` references import themselves).
+
+    Raises:
+        ConfigError: one of them is registered in ``__main__`` (workers cannot import it).
+    """
+    from acpsl import data, models, plugins
+    from acpsl.schemes.registry import SCHEMES
+
+    factories = []
+    for plan in plans:
+        cfg = plan.config
+        for registry, name in (
+            (SCHEMES, cfg.scheme),
+            (models.MODELS, cfg.model),
+            (data.DATASETS, cfg.dataset),
+        ):
+            if not plugins.is_reference(name) and name in registry:
+                factories.append(registry.get(name))
+    return plugins.worker_environment(plugins.registered_modules(factories))
 
 
 def _compare_locked(
@@ -186,6 +212,7 @@ def _compare_locked(
     progress: bool,
     threads: int | None,
     ray_gpus: float,
+    plugin_env: Mapping[str, str],
 ) -> CompareResult:
     check_references(plans, root=root)
     write_grid(root, plans, dict(meta or {}))
@@ -201,13 +228,20 @@ def _compare_locked(
             progress=progress,
             threads=threads,
             gpus=ray_gpus,
+            plugin_env=plugin_env,
         )
     elif workers == 1:
         _run_inline(plans, root=root, result=result, progress=progress)
     else:
         per = threads or max(1, (os.cpu_count() or 1) // workers)
         _run_processes(
-            plans, root=root, workers=workers, threads=per, result=result, progress=progress
+            plans,
+            root=root,
+            workers=workers,
+            threads=per,
+            result=result,
+            progress=progress,
+            env={**os.environ, **plugin_env},
         )
     return result
 
@@ -353,6 +387,7 @@ def _run_processes(
     threads: int,
     result: CompareResult,
     progress: bool,
+    env: Mapping[str, str],
 ) -> None:
     pending = list(plans)
     keys = {p.key for p in plans}
@@ -378,7 +413,7 @@ def _run_processes(
                     result.results[plan.key] = {"key": plan.key, "status": "skipped"}
                     bar.update(1)
                     continue
-                running[plan.key] = _start_worker(plan, root=root, threads=threads)
+                running[plan.key] = _start_worker(plan, root=root, threads=threads, env=env)
             time.sleep(0.1)
             for key, (proc, log, plan) in list(running.items()):
                 code = proc.poll()
@@ -399,7 +434,7 @@ def _run_processes(
 
 
 def _start_worker(
-    plan: RunPlan, *, root: Path, threads: int
+    plan: RunPlan, *, root: Path, threads: int, env: Mapping[str, str]
 ) -> tuple[subprocess.Popen[bytes], Any, RunPlan]:
     path = run_dir(root, plan)
     path.mkdir(parents=True, exist_ok=True)
@@ -420,7 +455,7 @@ def _start_worker(
         "--parent",
         str(os.getpid()),
     ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(env))
     return proc, log, plan
 
 
@@ -455,13 +490,26 @@ def _stop_all(running: Mapping[str, tuple[subprocess.Popen[bytes], Any, RunPlan]
 
 
 # --------------------------------------------------------------------------------- Ray
-def ray_task(plan_data: dict[str, Any], root: str, threads: int | None) -> dict[str, Any]:
-    """What one Ray task runs: :func:`run_plan` with its own thread count, errors returned."""
+def ray_task(
+    plan_data: dict[str, Any],
+    root: str,
+    threads: int | None,
+    plugin_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What one Ray task runs: :func:`run_plan` with its own thread count, errors returned.
+
+    ``plugin_env`` (:func:`plugin_environment`) makes the driver's plug-in modules
+    importable and imports them first; on a cluster their directories must be on a file
+    system every node sees, like the grid's.
+    """
     import torch
+
+    from acpsl import plugins
 
     if threads:
         torch.set_num_threads(threads)
     try:
+        plugins.prepare_worker(plugin_env)
         return run_plan(plan_data, root=root, log=None)
     except Exception as exc:  # reported back to the driver, not raised there
         return {
@@ -480,6 +528,7 @@ def _run_ray(
     progress: bool,
     threads: int | None,
     gpus: float = 0.0,
+    plugin_env: Mapping[str, str] | None = None,
 ) -> None:
     if not gpus >= 0:
         raise ConfigError(f"ray_gpus={gpus!r} must be >= 0")
@@ -512,7 +561,8 @@ def _run_ray(
                     continue
                 data = plan.to_dict()
                 data["config"]["progress"] = False
-                refs[task.remote(data, str(root.resolve()), threads or 1)] = plan
+                env = dict(plugin_env or {})
+                refs[task.remote(data, str(root.resolve()), threads or 1, env)] = plan
 
         bar = tqdm(
             total=len(plans),

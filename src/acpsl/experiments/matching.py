@@ -35,10 +35,10 @@ def cut_shape(config: TrainConfig) -> tuple[tuple[int, ...], int]:
     test = data.load_dataset(
         config.dataset, root=config.data_dir, train=False, download=config.download
     )
-    _, channels, height, width = test.images.shape
+    shape = test.shape
     split = models.create(
         config.model,
-        in_channels=int(channels),
+        in_channels=int(shape[0]),
         num_classes=int(test.num_classes),
         cut=config.cut,
         stem=config.stem,
@@ -46,7 +46,7 @@ def cut_shape(config: TrainConfig) -> tuple[tuple[int, ...], int]:
     )
     split.client.eval()
     with torch.no_grad():
-        out = split.client(torch.zeros(1, int(channels), int(height), int(width)))
+        out = split.client(torch.zeros(1, *shape))
     return tuple(int(s) for s in out.shape[1:]), int(test.num_classes)
 
 

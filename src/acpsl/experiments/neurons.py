@@ -44,7 +44,7 @@ def inference_topk_counts(run_dir: str | Path, *, progress: bool = False) -> lis
     train_set = load_split(config, train=True)
     split = models.create(
         config.model,
-        in_channels=int(train_set.images.shape[1]),
+        in_channels=int(train_set.shape[0]),
         num_classes=int(train_set.num_classes),
         cut=config.cut,
         stem=config.stem,

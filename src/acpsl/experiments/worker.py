@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
+    from acpsl import plugins
     from acpsl.engine.records import write_atomic
     from acpsl.errors import AcpslError
     from acpsl.experiments.runner import run_plan
@@ -58,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     plan = json.loads(args.plan.read_text("utf-8"))
     try:
+        # The driver's plug-in modules ($ACPSL_PLUGINS, searched on $ACPSL_PLUGIN_PATH).
+        plugins.prepare_worker()
         result = run_plan(plan, root=args.root, log=lambda line: print(line, flush=True))
     except AcpslError as exc:
         print(f"acpsl: error: {' '.join(str(exc).split())}", flush=True)

@@ -9,7 +9,7 @@ RandTopk setup) and ``smallcnn`` (a small CNN for tests).
 from acpsl.models import resnet as _resnet  # noqa: F401  (registers "resnet18")
 from acpsl.models import resnet_cifar as _resnet_cifar  # noqa: F401  (registers "resnet20")
 from acpsl.models import smallcnn as _smallcnn  # noqa: F401  (registers "smallcnn")
-from acpsl.models.registry import MODELS, create, names, register
+from acpsl.models.registry import MODELS, as_split_model, create, names, register, resolve
 from acpsl.models.split import SplitModel
 
-__all__ = ["MODELS", "SplitModel", "create", "names", "register"]
+__all__ = ["MODELS", "SplitModel", "as_split_model", "create", "names", "register", "resolve"]

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import torch
+from torch import nn
+
+from acpsl import plugins
 from acpsl.config import STEMS
 from acpsl.errors import ConfigError
 from acpsl.models.split import SplitModel
@@ -14,9 +19,27 @@ from acpsl.registry import Registry
 MODELS: Registry[SplitModel] = Registry("model")
 
 
-def register(name: str) -> Callable[[Callable[..., SplitModel]], Callable[..., SplitModel]]:
-    """Decorator registering a split-model factory under ``name`` (duplicates raise)."""
+def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a split-model builder under ``name`` (duplicates raise).
+
+    The builder is called with the keyword arguments it takes among ``in_channels``,
+    ``num_classes``, ``cut``, ``stem`` and ``seed``, and returns a :class:`SplitModel` or a
+    ``(client, server)`` pair of modules (docs/models.md, "Your own model").
+    """
     return MODELS.register(name)
+
+
+def resolve(name: str) -> Callable[..., Any]:
+    """The builder of ``name``: a registered name or a ``MODULE:FUNCTION`` plug-in.
+
+    Raises:
+        ConfigError: unknown name, or a plug-in that cannot be imported.
+    """
+    if plugins.is_reference(name):
+        return plugins.resolve(
+            name, kind="model", registered=lambda n: MODELS.get(n) if n in MODELS else None
+        )
+    return MODELS.get(name)
 
 
 def _check_positive_int(what: str, value: object) -> int:
@@ -37,7 +60,8 @@ def create(
     """Build the split model registered as ``name``.
 
     Args:
-        name: a name from :func:`names` (``resnet18``, ``resnet20``, ``smallcnn``).
+        name: a name from :func:`names` (``resnet18``, ``resnet20``, ``smallcnn``) or a
+            ``MODULE:FUNCTION`` plug-in (:mod:`acpsl.plugins`).
         in_channels: image channels (1 for MNIST/Fashion-MNIST, 3 for CIFAR).
         num_classes: number of classes (logits).
         cut: number of the model's top-level children on the client; ``None`` takes the
@@ -54,7 +78,7 @@ def create(
         ConfigError: unknown name or stem, non-positive sizes, or a cut that leaves the
             client or the server empty.
     """
-    factory = MODELS.get(name)
+    factory = resolve(name)
     _check_positive_int("in_channels", in_channels)
     _check_positive_int("num_classes", num_classes)
     if stem not in STEMS:
@@ -63,7 +87,55 @@ def create(
         raise ConfigError(f"cut must be an int or None, got {cut!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed must be an int, got {seed!r}")
-    return factory(in_channels=in_channels, num_classes=num_classes, cut=cut, stem=stem, seed=seed)
+    values: dict[str, Any] = {
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "cut": cut,
+        "stem": stem,
+        "seed": seed,
+    }
+    kwargs = plugins.accepted_kwargs(factory, values)
+    for key, default in (("cut", None), ("stem", "imagenet")):
+        if key not in kwargs and values[key] != default:
+            raise ConfigError(f"model {name!r} does not take {key}= (got {values[key]!r})")
+    if "seed" in kwargs:
+        built = factory(**kwargs)
+    else:
+        # A builder without a seed draws its initial weights from torch's global RNG: give
+        # it the run's seed in a forked RNG, so the caller's global state is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            built = factory(**kwargs)
+    return as_split_model(built, name=name, in_channels=in_channels, num_classes=num_classes)
+
+
+def as_split_model(built: object, *, name: str, in_channels: int, num_classes: int) -> SplitModel:
+    """A builder's result as a :class:`SplitModel` (a ``(client, server)`` pair is wrapped).
+
+    Raises:
+        ConfigError: the result is neither a SplitModel nor a pair of ``nn.Module``.
+    """
+    if isinstance(built, SplitModel):
+        return built
+    if (
+        isinstance(built, (tuple, list))
+        and len(built) == 2
+        and all(isinstance(m, nn.Module) for m in built)
+    ):
+        client, server = built
+        return SplitModel(
+            name=name,
+            cut=max(1, len(list(client.children()))),
+            in_channels=in_channels,
+            num_classes=num_classes,
+            client=client,
+            server=server,
+            full=nn.Sequential(client, server),
+        )
+    raise ConfigError(
+        f"model builder {name!r} returned {type(built).__name__}; return an "
+        "acpsl.models.SplitModel or a (client, server) pair of torch.nn.Module"
+    )
 
 
 def names() -> list[str]:

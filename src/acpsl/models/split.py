@@ -39,8 +39,8 @@ class SplitModel:
     cut: int
     in_channels: int
     num_classes: int
-    client: nn.Sequential
-    server: nn.Sequential
+    client: nn.Module
+    server: nn.Module
     full: nn.Module
 
     def cut_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:

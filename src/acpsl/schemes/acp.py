@@ -79,6 +79,7 @@ class AcpScheme(Scheme):
 
     name = "acp"
     wire_id = 2
+    uses_iteration = True
 
     def __init__(
         self,

@@ -30,6 +30,9 @@ class Scheme(ABC):
 
     name: ClassVar[str] = ""
     wire_id: ClassVar[int] = 0
+    #: Whether the scheme reads ``t``/``T`` of :meth:`set_iteration` (ACP-SL's eq. 9), so a
+    #: caller that does not know ``T`` must not guess it (``acpsl.CutLayer`` refuses).
+    uses_iteration: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.iteration = 0

@@ -609,6 +609,9 @@ class EngineClientBackend:
         data_dir: this client's dataset root (``None``: the server configuration's).
         device: this client's device (``None``: the server configuration's).
         progress: show a progress bar per turn (``None``: the configuration's).
+        model: this client's ``MODULE:FUNCTION`` for the run's plug-in model, when its copy
+            of the module lives elsewhere (``None``: the configuration's).
+        dataset: the same for a plug-in dataset.
     """
 
     def __init__(
@@ -617,8 +620,16 @@ class EngineClientBackend:
         data_dir: str | None = None,
         device: str | None = None,
         progress: bool | None = None,
+        model: str | None = None,
+        dataset: str | None = None,
     ) -> None:
-        self._overrides = {"data_dir": data_dir, "device": device, "progress": progress}
+        self._overrides = {
+            "data_dir": data_dir,
+            "device": device,
+            "progress": progress,
+            "model": model,
+            "dataset": dataset,
+        }
         self.config: TrainConfig | None = None
         self.client_id = -1
         self._run: Run | None = None
@@ -686,9 +697,8 @@ class EngineClientBackend:
             dynamic_ncols=True,
         )
         try:
-            for begin in range(0, order.numel(), config.batch_size):
+            for x, y in run.train_set.batches(order, batch_size=config.batch_size):
                 t += 1
-                x, y = run.train_set.batch(order[begin : begin + config.batch_size])
                 up = runtime.forward(x, y, t=t, total=int(task.total))
                 for key, value in runtime.scheme.stats().items():
                     if key in ("ratio", "table2_bytes", "bound_bytes"):
@@ -713,9 +723,7 @@ class EngineClientBackend:
         assert run is not None and config is not None
         n = len(run.test_set)
         try:
-            for begin in range(0, n, config.batch_size):
-                idx = torch.arange(begin, min(begin + config.batch_size, n))
-                x, y = run.test_set.batch(idx)
+            for x, y in run.test_set.batches(torch.arange(n), batch_size=config.batch_size):
                 labels = encode_labels(y)
                 send(runtime.encode_eval(x), labels, False)
                 if config.eval_uncompressed:

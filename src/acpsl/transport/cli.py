@@ -151,6 +151,19 @@ def add_parser(subparsers: Any) -> None:
         "--device", default=None, help="auto | cpu | cuda | cuda:N (default: the server's)"
     )
     client.add_argument(
+        "--model",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="where this client finds the run's plug-in model, when its copy of the module "
+        "lives elsewhere than the server's reference says (default: the server's)",
+    )
+    client.add_argument(
+        "--dataset",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="where this client finds the run's plug-in dataset (default: the server's)",
+    )
+    client.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -247,7 +260,11 @@ def run_client(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
     )
     backend = EngineClientBackend(
-        data_dir=args.data_dir, device=args.device, progress=args.progress
+        data_dir=args.data_dir,
+        device=args.device,
+        progress=args.progress,
+        model=args.model,
+        dataset=args.dataset,
     )
     client = SplitClient(backend=backend, options=options)
     try:
