@@ -150,3 +150,17 @@ def test_scheme_instance_and_bad_arguments() -> None:
         CutLayer("nope")
     with pytest.raises(acpsl.ConfigError, match="total_iterations"):
         CutLayer("standard", total_iterations=0)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_large_sparse_batch_is_decoded_under_the_inputs_own_shape(training: bool) -> None:
+    """An all-zero L1 batch is a 160-byte payload for a 16 MiB tensor: beyond the decoders'
+    generic expansion cap, so the layer must tell its server the shape it really sent."""
+    cut = CutLayer("l1").train(training)
+    x = torch.zeros(64, 64, 32, 32, requires_grad=True)
+    out = cut(x)
+    assert out.shape == x.shape and not out.any()
+    assert cut.bytes_up + cut.bytes_eval < 1000
+    if training:
+        out.sum().backward()
+        assert x.grad is not None and x.grad.shape == x.shape

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from acpsl.cut.labels import encode_labels
+from acpsl.cut.payload import ShapeLimit
 from acpsl.errors import ConfigError, PayloadError
 from acpsl.schemes.base import Scheme
 
@@ -42,6 +43,8 @@ class _Cut(torch.autograd.Function):
     ) -> torch.Tensor:
         payload = layer.client.compress(h.detach(), labels=labels, training=True)
         layer.bytes_up += len(payload)
+        # the server decodes under the shape really sent, not the generic expansion cap
+        layer.server.expect(ShapeLimit.exact(h.shape))
         rebuilt = layer.server.decompress(payload)
         ctx.layer = layer
         ctx.shape = tuple(h.shape)
@@ -170,6 +173,7 @@ class CutLayer(nn.Module):
             with torch.no_grad():
                 payload = self.client.compress(h.detach(), labels=None, training=False)
                 self.bytes_eval += len(payload)
+                self.server.expect(ShapeLimit.exact(h.shape))
                 rebuilt = self.server.decompress(payload)
             return rebuilt.to(device=h.device, dtype=h.dtype)
         t = self.iteration + 1
