@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import acpsl.schemes as schemes
 from acpsl.kernels import PARALLEL_MIN_VALUES, bits, launch, quant, simd, topk
 from acpsl.schemes.l1 import row_groups
 
@@ -315,20 +316,82 @@ def test_scalar_fallback_gives_the_same_bytes(tmp_path: Path) -> None:
     assert runs["scalar"] == runs["simd"]
 
 
+@numba.njit(parallel=True)
+def _threads_of_launch(out: np.ndarray) -> int:
+    """The thread count a parallel kernel runs with (test probe)."""
+    for i in numba.prange(out.size):
+        out[i] = i
+    return numba.get_num_threads()
+
+
 def test_launch_follows_torch_threads_and_keeps_small_batches_on_one() -> None:
     before = torch.get_num_threads()
-    x = np.ones((4, 64), np.float32)
-    lo, hi = np.empty(4, np.float32), np.empty(4, np.float32)
-    codes = np.empty(x.shape, np.uint8)
-    args = (quant.encode_rows, x, 8, lo, hi, lo.view(np.int32), hi.view(np.int32), codes)
+    out = np.empty(8, np.int64)
     try:
         torch.set_num_threads(1)
-        launch(*args, values=ALL_THREADS)
-        assert numba.get_num_threads() == 1
+        assert launch(_threads_of_launch, out, values=ALL_THREADS) == 1
         torch.set_num_threads(2)
-        launch(*args, values=ALL_THREADS)
-        assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
-        launch(*args, values=x.size)
-        assert numba.get_num_threads() == 1
+        numba_before = numba.get_num_threads()
+        used = launch(_threads_of_launch, out, values=ALL_THREADS)
+        assert used == min(2, numba.config.NUMBA_NUM_THREADS)
+        assert launch(_threads_of_launch, out, values=PARALLEL_MIN_VALUES - 1) == 1
+        assert numba.get_num_threads() == numba_before and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+THREADS_SCRIPT = """
+import json, numba, torch
+import acpsl.schemes as schemes
+user = 1 if torch.get_num_threads() > 1 else 2  # anything but the default
+torch.set_num_threads(user)
+x = torch.randn(32, 64, 8, 8, generator=torch.Generator().manual_seed(0)).relu()
+labels = torch.arange(32) % 10
+seen = []
+for name in schemes.names():
+    client, server = schemes.create(name), schemes.create(name)
+    client.set_iteration(t=1, total=2)
+    for step, call in (
+        ("compress", lambda: client.compress(x, labels=labels)),
+        ("decompress", lambda: server.decompress(data)),
+        ("compress_grad", lambda: server.compress_grad(x)),
+        ("decompress_grad", lambda: client.decompress_grad(grad)),
+        ("inference", lambda: client.compress(x, training=False)),
+    ):
+        out = call()
+        if step == "compress":
+            data = out
+        elif step == "compress_grad":
+            grad = out
+        seen.append([name, step, torch.get_num_threads()])
+        torch.set_num_threads(user)  # so that every call is checked on its own
+numba.set_num_threads(1)
+torch.set_num_threads(2)
+client, server = schemes.create("quant"), schemes.create("quant")
+server.decompress(client.compress(x))
+print(json.dumps({"user": user, "seen": seen, "numba": numba.get_num_threads()}))
+"""
+
+
+def test_codecs_never_change_the_callers_thread_counts() -> None:
+    """Issue 10, defect 7: Numba's OpenMP layer set torch's thread count to
+    ``NUMBA_NUM_THREADS`` on its first parallel launch. In a fresh process (the first launch
+    is the one that did it), with a thread count that is not the default, every call of
+    every scheme on a batch above :data:`PARALLEL_MIN_VALUES` leaves ``torch``'s thread
+    count, and Numba's own, as the caller set them."""
+    assert 32 * 64 * 8 * 8 >= PARALLEL_MIN_VALUES
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"
+    result = subprocess.run(
+        [sys.executable, "-c", THREADS_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    changed = [entry for entry in out["seen"] if entry[2] != out["user"]]
+    assert not changed, f"torch threads {out['user']} changed by: {changed}"
+    assert len(out["seen"]) == 5 * len(schemes.names())
+    assert out["numba"] == 1

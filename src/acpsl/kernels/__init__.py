@@ -27,7 +27,8 @@ Modules:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numba
@@ -63,15 +64,42 @@ PARALLEL_MIN_VALUES = 1 << 16
 def launch(fn: Callable[..., Any], *args: Any, values: int) -> Any:
     """Run a :func:`parallel_kernel` over a batch of ``values`` values on as many threads as
     PyTorch uses (``torch.set_num_threads``, e.g. ``acpsl compare``'s per-worker share), or
-    on one for a small batch; one launch at a time.
+    on one for a small batch; one launch at a time. The caller's thread counts, PyTorch's
+    and Numba's, are the same afterwards (:func:`_keep_thread_counts`).
 
     One at a time: some of Numba's threading layers do not take concurrent launches from
     several threads (the network server decodes on gRPC threads).
     """
-    threads = 1
-    if values >= PARALLEL_MIN_VALUES:
-        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    with _LAUNCH:
+    wanted = torch.get_num_threads()
+    with _LAUNCH, _keep_thread_counts(wanted):
+        threads = 1
+        if values >= PARALLEL_MIN_VALUES:
+            threads = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
         if numba.get_num_threads() != threads:
             numba.set_num_threads(threads)
         return fn(*args)
+
+
+@contextmanager
+def _keep_thread_counts(torch_threads: int) -> Iterator[None]:
+    """Leave PyTorch's and Numba's thread counts of the calling thread as they were.
+
+    Why: Numba's OpenMP layer starts its pool (on the first parallel launch of the process)
+    with ``omp_set_num_threads(NUMBA_NUM_THREADS)``; PyTorch's CPU wheel loads its own
+    ``libgomp`` globally, so that call lands in PyTorch's OpenMP runtime and
+    ``torch.get_num_threads()`` silently becomes ``NUMBA_NUM_THREADS`` for the rest of the
+    process (issue 10, defect 7). Restoring costs two reads per launch and one
+    ``torch.set_num_threads`` when something did change (once per process in practice);
+    the ``workqueue`` layer, which would not touch OpenMP, is a process-wide Numba setting
+    (the caller's, too) and was measured slower (docs/baselines.md, "Speed").
+    """
+    numba_threads = numba.get_num_threads()  # starts Numba's pool on the first call
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
+    try:
+        yield
+    finally:
+        if numba.get_num_threads() != numba_threads:
+            numba.set_num_threads(numba_threads)
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
