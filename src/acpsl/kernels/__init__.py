@@ -17,6 +17,10 @@ process that ran one must not ``fork`` a child that runs one too (start children
 The Python wrappers in :mod:`acpsl.cut` and :mod:`acpsl.schemes` validate arguments and
 raise the library's errors; a kernel returns a status code instead of raising.
 
+Numba's on-disk cache is keyed on the timestamp of the file that defines a kernel: after an
+edit of :mod:`acpsl.kernels.simd`, kernels of other files that inline its blocks keep their old
+machine code until their own file changes (delete ``__pycache__/*.nbi`` and ``*.nbc`` here).
+
 Modules:
     :mod:`acpsl.kernels.bits`: fixed-width bit streams and bit masks (pack, unpack, scan).
     :mod:`acpsl.kernels.topk`: per-sample top-k by magnitude (radix select), non-zeros.

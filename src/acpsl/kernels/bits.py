@@ -7,6 +7,8 @@ over the ``B * d`` flat positions (``np.packbits(..., bitorder="little")``).
 
 Status codes returned by the decoding loops (the callers turn them into
 :class:`~acpsl.errors.PayloadError` messages):
+
+The 16-lane blocks come from :mod:`acpsl.kernels.simd` (AVX-512, AVX2 or scalar, per CPU).
 """
 
 from __future__ import annotations
