@@ -63,7 +63,7 @@ def _blocks(x, floor, simd_path):  # type: ignore[no-untyped-def]
     for t in range(chunks):
         if simd_path and simd.SIMD:
             simd._expand_values_simd(nonzero[t], packed, k, rebuilt, 16 * t)
-        elif simd_path and simd.AVX2:
+        elif simd_path and simd.AVX2 and k + 16 <= packed.shape[0]:
             simd._expand_values_avx2(nonzero[t], packed, k, rebuilt, 16 * t)
         else:
             simd._expand_values_scalar(nonzero[t], packed, k, rebuilt, 16 * t)

@@ -31,8 +31,7 @@ Modules:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numba
@@ -49,6 +48,18 @@ def kernel(fn: F) -> F:
     as the equations evaluated one operation at a time.
     """
     compiled: F = numba.njit(cache=True, nogil=True)(fn)
+    return compiled
+
+
+def block(fn: F) -> F:
+    """:func:`kernel` for the small helpers a kernel calls per lane or per 16 lanes, inlined
+    into every caller at Numba's IR level.
+
+    Why: a kernel loaded from the on-disk cache links its callees as machine code, so LLVM
+    cannot inline them; a helper left as a call costs a call per 16 values with every array
+    passed as a struct of fields (the AVX2 expand ran 4x slower that way).
+    """
+    compiled: F = numba.njit(nogil=True, inline="always")(fn)
     return compiled
 
 
@@ -69,41 +80,60 @@ def launch(fn: Callable[..., Any], *args: Any, values: int) -> Any:
     """Run a :func:`parallel_kernel` over a batch of ``values`` values on as many threads as
     PyTorch uses (``torch.set_num_threads``, e.g. ``acpsl compare``'s per-worker share), or
     on one for a small batch; one launch at a time. The caller's thread counts, PyTorch's
-    and Numba's, are the same afterwards (:func:`_keep_thread_counts`).
+    and Numba's, are the same afterwards.
+
+    Why the care: Numba's OpenMP layer starts its pool (on the first parallel launch of the
+    process) with ``omp_set_num_threads(NUMBA_NUM_THREADS)``; PyTorch's CPU wheel loads its
+    own ``libgomp`` globally, so that call lands in PyTorch's OpenMP runtime and
+    ``torch.get_num_threads()`` silently became ``NUMBA_NUM_THREADS`` for the rest of the
+    process (issue 10, defect 7). So the pool is started here, under the caller's setting,
+    which is then put back; Numba's own (thread-local) count is set for the launch and put
+    back after it; PyTorch's is checked after every launch. That costs two integer reads per
+    launch, and a set only when something changed. Numba's ``workqueue`` layer would not touch
+    OpenMP, but it is a process-wide Numba setting (the caller's, too) and was measured slower
+    (docs/baselines.md, "Speed").
 
     One at a time: some of Numba's threading layers do not take concurrent launches from
     several threads (the network server decodes on gRPC threads).
     """
     wanted = torch.get_num_threads()
-    with _LAUNCH, _keep_thread_counts(wanted):
+    with _LAUNCH:
+        get_numba, set_numba = _numba_thread_calls()
+        if torch.get_num_threads() != wanted:  # the pool start just reset it
+            torch.set_num_threads(wanted)
         threads = 1
         if values >= PARALLEL_MIN_VALUES:
             threads = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
-        if numba.get_num_threads() != threads:
-            numba.set_num_threads(threads)
-        return fn(*args)
+        before = get_numba()
+        if before != threads:
+            set_numba(threads)
+        try:
+            return fn(*args)
+        finally:
+            if before != threads:
+                set_numba(before)
+            if torch.get_num_threads() != wanted:
+                torch.set_num_threads(wanted)
 
 
-@contextmanager
-def _keep_thread_counts(torch_threads: int) -> Iterator[None]:
-    """Leave PyTorch's and Numba's thread counts of the calling thread as they were.
+_THREAD_CALLS: tuple[Callable[[], int], Callable[[int], None]] | None = None
 
-    Why: Numba's OpenMP layer starts its pool (on the first parallel launch of the process)
-    with ``omp_set_num_threads(NUMBA_NUM_THREADS)``; PyTorch's CPU wheel loads its own
-    ``libgomp`` globally, so that call lands in PyTorch's OpenMP runtime and
-    ``torch.get_num_threads()`` silently becomes ``NUMBA_NUM_THREADS`` for the rest of the
-    process (issue 10, defect 7). Restoring costs two reads per launch and one
-    ``torch.set_num_threads`` when something did change (once per process in practice);
-    the ``workqueue`` layer, which would not touch OpenMP, is a process-wide Numba setting
-    (the caller's, too) and was measured slower (docs/baselines.md, "Speed").
-    """
-    numba_threads = numba.get_num_threads()  # starts Numba's pool on the first call
-    if torch.get_num_threads() != torch_threads:
-        torch.set_num_threads(torch_threads)
-    try:
-        yield
-    finally:
-        if numba.get_num_threads() != numba_threads:
-            numba.set_num_threads(numba_threads)
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
+
+def _numba_thread_calls() -> tuple[Callable[[], int], Callable[[int], None]]:
+    """Getter and setter of Numba's thread count for the calling thread, after starting its
+    pool (once). Numba's public ``get_num_threads`` / ``set_num_threads`` take a process lock
+    on every call (several microseconds each); once the pool runs, its layer's own functions
+    (``numba.np.ufunc.parallel._get_num_threads`` / ``_set_num_threads``) do the same without
+    it. Where a Numba version lacks them, the public ones."""
+    global _THREAD_CALLS
+    if _THREAD_CALLS is None:
+        numba.get_num_threads()  # starts the pool
+        from numba.np.ufunc import parallel
+
+        getter = getattr(parallel, "_get_num_threads", None)
+        setter = getattr(parallel, "_set_num_threads", None)
+        if callable(getter) and callable(setter):
+            _THREAD_CALLS = (getter, setter)
+        else:  # pragma: no cover - other Numba versions
+            _THREAD_CALLS = (numba.get_num_threads, numba.set_num_threads)
+    return _THREAD_CALLS

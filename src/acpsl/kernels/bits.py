@@ -18,8 +18,8 @@ import sys
 import numpy as np
 from numba import prange
 
-from acpsl.kernels import kernel, parallel_kernel
-from acpsl.kernels.simd import LANES, compress_index, expand_values, popcount
+from acpsl.kernels import block, kernel, parallel_kernel
+from acpsl.kernels.simd import LANES, compress_index, expand_tail, expand_values, popcount
 
 #: Whether uint32 words in memory are the stream's bytes in order (little-endian machine).
 LITTLE = sys.byteorder == "little"
@@ -92,7 +92,7 @@ def mask_of_positions(positions: np.ndarray, out: np.ndarray) -> None:
         out[p >> 3] |= np.uint8(1 << (p & 7))
 
 
-@kernel
+@block
 def _lanes_at(mask: np.ndarray, p: int) -> int:
     """The 16 bits of the uint64-word bit mask ``mask`` from bit ``p`` on (any alignment; the
     mask has a spare word)."""
@@ -137,7 +137,10 @@ def _scatter_sample(
         count = popcount(kept)
         if j + count > limit:
             return -1
-        expand_values(kept, values, j, out, p)
+        if j + LANES <= values.shape[0]:
+            expand_values(kept, values, j, out, p)
+        else:
+            expand_tail(kept, values, j, out, p)
         if want:
             compress_index(p, kept, positions, j)
         j += count

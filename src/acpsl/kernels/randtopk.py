@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from acpsl.kernels import kernel
+from acpsl.kernels import block, kernel
 from acpsl.kernels.simd import LANES, compress_index, mask_nonzero, popcount
 
 
-@kernel
+@block
 def _uniform_below(u: float, n: int) -> int:
     """An integer uniform in ``0..n-1`` from a float ``u`` uniform in ``[0, 1)``."""
     return min(int(u * n), n - 1)

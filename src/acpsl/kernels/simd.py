@@ -29,8 +29,9 @@ in bit ``q``):
   version writes every lane and advances only on kept ones).
 * ``compress_index(base, bits, dst, j)``: the same for the lane numbers ``base + q``.
 * ``expand_values(bits, src, j, dst, p)``: ``dst[p + q] = `` the next value of ``src`` from
-  ``j`` on if lane ``q`` is kept, else 0, for all 16 lanes. Reads exactly ``popcount(bits)``
-  values of ``src``.
+  ``j`` on if lane ``q`` is kept, else 0, for all 16 lanes. May read ``src[j : j + 16]``
+  whatever the bits (the AVX2 permutes do): where fewer than 16 values are left from ``j``,
+  call ``expand_tail`` (same result, reads only ``popcount(bits)`` values).
 * ``popcount(bits)``: the number of set bits.
 """
 
@@ -43,7 +44,7 @@ from numba.core import cgutils, config
 from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
-from acpsl.kernels import kernel
+from acpsl.kernels import block
 
 LANES = 16
 
@@ -152,8 +153,9 @@ def _splat(builder, value, vec_t):  # type: ignore[no-untyped-def]
     """A vector with ``value`` in every lane."""
     undef = ir.Constant(vec_t, ir.Undefined)
     first = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+    lanes = vec_t.count
     return builder.shuffle_vector(
-        first, undef, ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        first, undef, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
     )
 
 
@@ -248,78 +250,123 @@ _F32X8 = ir.VectorType(ir.FloatType(), 8)
 _I32X8 = ir.VectorType(ir.IntType(32), 8)
 
 
-def _load8(context, builder, array_type, array, index, vec_t):  # type: ignore[no-untyped-def]
-    ptr = _element_ptr(context, builder, array_type, array, index)
-    return builder.load(builder.bitcast(ptr, vec_t.as_pointer()), align=4)
+def _lane_table(builder, name, table):  # type: ignore[no-untyped-def]
+    """``table`` (256 rows of 8 int32) as a constant global of the function's LLVM module."""
+    try:
+        return builder.module.get_global(name)
+    except KeyError:
+        pass
+    rows = ir.ArrayType(_I32X8, 256)
+    glob = ir.GlobalVariable(builder.module, rows, name=name)
+    glob.linkage = "internal"
+    glob.global_constant = True
+    glob.align = 32
+    glob.initializer = ir.Constant(
+        rows, [ir.Constant(_I32X8, [int(v) for v in table[8 * m : 8 * m + 8]]) for m in range(256)]
+    )
+    return glob
 
 
-def _permute8(context, builder, signature, args):  # type: ignore[no-untyped-def]
-    """``vpermps`` of the 8 floats at ``src[i]`` by the 8 lanes at ``table[row]``."""
-    src_t, _, table_t = signature.args[:3]
-    vec = _load8(context, builder, src_t, args[0], args[1], _F32X8)
-    perm = _load8(context, builder, table_t, args[2], args[3], _I32X8)
+def _half(builder, bits, half):  # type: ignore[no-untyped-def]
+    """Bits ``8 half .. 8 half + 7`` of the int64 ``bits``, as an int64."""
+    return builder.and_(builder.lshr(bits, ir.Constant(_I64, 8 * half)), ir.Constant(_I64, 0xFF))
+
+
+def _row(builder, table, byte):  # type: ignore[no-untyped-def]
+    """Row ``byte`` of a lane table as an ``<8 x i32>``."""
+    zero = ir.Constant(ir.IntType(32), 0)
+    return builder.load(builder.gep(table, [zero, byte]), align=32)
+
+
+def _permps(builder, vec, perm):  # type: ignore[no-untyped-def]
     permps = _llvm_function(builder, "llvm.x86.avx2.permps", _F32X8, [_F32X8, _I32X8])
     return builder.call(permps, [vec, perm])
 
 
-@intrinsic
-def _pack8(typingctx, src, i, table, row, dst, j):  # type: ignore[no-untyped-def]
-    """``dst[j + t] = src[i + table[row + t]]`` for the 8 lanes ``t`` (one ``vpermps``)."""
+def _ctpop(builder, value):  # type: ignore[no-untyped-def]
+    return builder.call(_llvm_function(builder, "llvm.ctpop.i64", _I64, [_I64]), [value])
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        packed = _permute8(context, builder, signature, args)
-        out = _element_ptr(context, builder, signature.args[4], args[4], args[5])
-        builder.store(packed, builder.bitcast(out, _F32X8.as_pointer()), align=4)
-        return context.get_dummy_value()
 
-    return types.none(src, i, table, row, dst, j), codegen
+def _ptr8(context, builder, array_type, array, index, vec_t):  # type: ignore[no-untyped-def]
+    ptr = _element_ptr(context, builder, array_type, array, index)
+    return builder.bitcast(ptr, vec_t.as_pointer())
 
 
 @intrinsic
-def _spread8(typingctx, src, j, table, row, bits, dst, p):  # type: ignore[no-untyped-def]
-    """``dst[p + q] = src[j + table[row + q]]`` where bit ``q`` of ``bits`` is set, else 0,
-    for the 8 lanes ``q`` (one ``vpermps`` and a blend; reads ``src[j : j + 8]``)."""
+def _compress_values_avx2(typingctx, src, i, bits, dst, j):  # type: ignore[no-untyped-def]
+    """AVX2 ``compress_values``: per 8 lanes, ``vpermps`` by the row of :data:`PACK` and an
+    unaligned store of all 8 (the contract's spare slots take the extra ones)."""
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        spread = _permute8(context, builder, signature, args)
-        keep = builder.bitcast(builder.trunc(args[4], ir.IntType(8)), ir.VectorType(_I1, 8))
-        kept = builder.select(keep, spread, ir.Constant(_F32X8, None))
-        out = _element_ptr(context, builder, signature.args[5], args[5], args[6])
-        builder.store(kept, builder.bitcast(out, _F32X8.as_pointer()), align=4)
+        src_t, _, _, dst_t, _ = signature.args
+        src_a, i_, bits_, dst_a, j_ = args
+        table = _lane_table(builder, "acpsl_pack_lanes", PACK)
+        for half in range(2):
+            byte = _half(builder, bits_, half)
+            at = builder.add(i_, ir.Constant(i_.type, 8 * half))
+            vec = builder.load(_ptr8(context, builder, src_t, src_a, at, _F32X8), align=4)
+            packed = _permps(builder, vec, _row(builder, table, byte))
+            builder.store(packed, _ptr8(context, builder, dst_t, dst_a, j_, _F32X8), align=4)
+            j_ = builder.add(j_, _ctpop(builder, byte))
         return context.get_dummy_value()
 
-    return types.none(src, j, table, row, bits, dst, p), codegen
+    return types.none(src, i, bits, dst, j), codegen
 
 
-@kernel
-def _compress_values_avx2(src: np.ndarray, i: int, bits: int, dst: np.ndarray, j: int) -> None:
-    low = bits & 0xFF
-    _pack8(src, i, PACK, 8 * low, dst, j)
-    _pack8(src, i + 8, PACK, 8 * ((bits >> 8) & 0xFF), dst, j + popcount(low))
+@intrinsic
+def _compress_index_avx2(typingctx, base, bits, dst, j):  # type: ignore[no-untyped-def]
+    """AVX2 ``compress_index``: the rows of :data:`PACK` are the kept lane numbers, so per 8
+    lanes one widening add of ``base`` and an unaligned store of all 8."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        base_t, _, dst_t, _ = signature.args
+        base_, bits_, dst_a, j_ = args
+        elem_t = context.get_value_type(dst_t.dtype)
+        vec_t = ir.VectorType(elem_t, 8)
+        table = _lane_table(builder, "acpsl_pack_lanes", PACK)
+        start = context.cast(builder, base_, base_t, dst_t.dtype)
+        for half in range(2):
+            byte = _half(builder, bits_, half)
+            lanes = _row(builder, table, byte)
+            if elem_t.width > 32:
+                lanes = builder.zext(lanes, vec_t)
+            elif elem_t.width < 32:
+                lanes = builder.trunc(lanes, vec_t)
+            first = builder.add(start, ir.Constant(elem_t, 8 * half))
+            out = builder.add(lanes, _splat(builder, first, vec_t))
+            builder.store(out, _ptr8(context, builder, dst_t, dst_a, j_, vec_t), align=4)
+            j_ = builder.add(j_, _ctpop(builder, byte))
+        return context.get_dummy_value()
+
+    return types.none(base, bits, dst, j), codegen
 
 
-@kernel
-def _compress_index_avx2(base: int, bits: int, dst: np.ndarray, j: int) -> None:
-    for half in range(2):
-        row = 8 * ((bits >> (8 * half)) & 0xFF)
-        start = base + 8 * half
-        for t in range(8):  # a vector add and store: no permute needed for lane numbers
-            dst[j + t] = start + PACK[row + t]
-        j += popcount(row >> 3)
+@intrinsic
+def _expand_values_avx2(typingctx, bits, src, j, dst, p):  # type: ignore[no-untyped-def]
+    """AVX2 ``expand_values``: per 8 lanes, ``vpermps`` of the 8 values from the next one by
+    the row of :data:`SPREAD`, zeroed where the lane is not kept. Reads ``src[j : j + 16]``
+    whatever the bits: the caller checks there are 16 values left (else
+    :func:`expand_tail`)."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        _, src_t, _, dst_t, _ = signature.args
+        bits_, src_a, j_, dst_a, p_ = args
+        table = _lane_table(builder, "acpsl_spread_lanes", SPREAD)
+        for half in range(2):
+            byte = _half(builder, bits_, half)
+            vec = builder.load(_ptr8(context, builder, src_t, src_a, j_, _F32X8), align=4)
+            spread = _permps(builder, vec, _row(builder, table, byte))
+            keep = builder.bitcast(builder.trunc(byte, ir.IntType(8)), ir.VectorType(_I1, 8))
+            kept = builder.select(keep, spread, ir.Constant(_F32X8, None))
+            at = builder.add(p_, ir.Constant(p_.type, 8 * half))
+            builder.store(kept, _ptr8(context, builder, dst_t, dst_a, at, _F32X8), align=4)
+            j_ = builder.add(j_, _ctpop(builder, byte))
+        return context.get_dummy_value()
+
+    return types.none(bits, src, j, dst, p), codegen
 
 
-@kernel
-def _expand_values_avx2(bits: int, src: np.ndarray, j: int, dst: np.ndarray, p: int) -> None:
-    if j + 16 > src.shape[0]:  # the permutes read 8 values: near the end, one at a time
-        _expand_values_scalar(bits, src, j, dst, p)
-        return
-    low = bits & 0xFF
-    _spread8(src, j, SPREAD, 8 * low, low, dst, p)
-    high = (bits >> 8) & 0xFF
-    _spread8(src, j + popcount(low), SPREAD, 8 * high, high, dst, p + 8)
-
-
-@kernel
+@block
 def _mask_nonzero_scalar(src: np.ndarray, i: int) -> int:
     bits = 0
     for q in range(LANES):
@@ -327,7 +374,7 @@ def _mask_nonzero_scalar(src: np.ndarray, i: int) -> int:
     return bits
 
 
-@kernel
+@block
 def _mask_finite_scalar(src: np.ndarray, i: int) -> int:
     bits = 0
     for q in range(LANES):
@@ -335,7 +382,7 @@ def _mask_finite_scalar(src: np.ndarray, i: int) -> int:
     return bits
 
 
-@kernel
+@block
 def _mask_at_least_scalar(src: np.ndarray, i: int, floor: np.uint32) -> int:
     bits = 0
     for q in range(LANES):
@@ -343,21 +390,21 @@ def _mask_at_least_scalar(src: np.ndarray, i: int, floor: np.uint32) -> int:
     return bits
 
 
-@kernel
+@block
 def _compress_values_scalar(src: np.ndarray, i: int, bits: int, dst: np.ndarray, j: int) -> None:
     for q in range(LANES):
         dst[j] = src[i + q]
         j += (bits >> q) & 1
 
 
-@kernel
+@block
 def _compress_index_scalar(base: int, bits: int, dst: np.ndarray, j: int) -> None:
     for q in range(LANES):
         dst[j] = base + q
         j += (bits >> q) & 1
 
 
-@kernel
+@block
 def _expand_values_scalar(bits: int, src: np.ndarray, j: int, dst: np.ndarray, p: int) -> None:
     if bits == 0:
         for q in range(LANES):
@@ -389,3 +436,4 @@ else:
     compress_values = _compress_values_scalar
     compress_index = _compress_index_scalar
     expand_values = _expand_values_scalar
+expand_tail = _expand_values_scalar
