@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import acpsl.schemes as schemes
 from acpsl.kernels import PARALLEL_MIN_VALUES, bits, launch, quant, simd, topk
 from acpsl.schemes.l1 import row_groups
 
@@ -43,29 +44,39 @@ def _blocks(x, floor, simd_path):  # type: ignore[no-untyped-def]
             nonzero[t] = simd._mask_nonzero_simd(x, 16 * t)
             finite[t] = simd._mask_finite_simd(x, 16 * t)
             at_least[t] = simd._mask_at_least_simd(keys, 16 * t, floor)
-            simd._compress_values_simd(x, 16 * t, nonzero[t], values, j)
-            simd._compress_index_simd(16 * t, nonzero[t], index, j)
         else:
             nonzero[t] = simd._mask_nonzero_scalar(x, 16 * t)
             finite[t] = simd._mask_finite_scalar(x, 16 * t)
             at_least[t] = simd._mask_at_least_scalar(keys, 16 * t, floor)
+        if simd_path and simd.SIMD:
+            simd._compress_values_simd(x, 16 * t, nonzero[t], values, j)
+            simd._compress_index_simd(16 * t, nonzero[t], index, j)
+        elif simd_path and simd.AVX2:
+            simd._compress_values_avx2(x, 16 * t, nonzero[t], values, j)
+            simd._compress_index_avx2(16 * t, nonzero[t], index, j)
+        else:
             simd._compress_values_scalar(x, 16 * t, nonzero[t], values, j)
             simd._compress_index_scalar(16 * t, nonzero[t], index, j)
         j += simd.popcount(nonzero[t])
     k = 0
+    packed = values[:j].copy()  # nothing to spare past the last value
     for t in range(chunks):
-        if simd_path:
-            simd._expand_values_simd(nonzero[t], values, k, rebuilt, 16 * t)
+        if simd_path and simd.SIMD:
+            simd._expand_values_simd(nonzero[t], packed, k, rebuilt, 16 * t)
+        elif simd_path and simd.AVX2 and k + 16 <= packed.shape[0]:
+            simd._expand_values_avx2(nonzero[t], packed, k, rebuilt, 16 * t)
         else:
-            simd._expand_values_scalar(nonzero[t], values, k, rebuilt, 16 * t)
+            simd._expand_values_scalar(nonzero[t], packed, k, rebuilt, 16 * t)
         k += simd.popcount(nonzero[t])
     return nonzero, finite, at_least, values[:j], index[:j], rebuilt
 
 
-@pytest.mark.parametrize("simd_path", [True, False] if simd.SIMD else [False])
+@pytest.mark.parametrize("simd_path", [True, False])
 def test_simd_blocks_match_numpy(simd_path: bool) -> None:
-    """Both implementations of every block (AVX-512 intrinsics, branch-free scalar loops)
-    against NumPy, on vectors with zeros, -0.0, NaN and infinities."""
+    """Both implementations of every block (vector-compare masks and, on AVX-512 or AVX2,
+    compress / expand intrinsics or permutes; branch-free scalar loops) against NumPy, on
+    vectors with zeros, -0.0, NaN and infinities (the expand near the end of its values
+    takes the permute's scalar tail)."""
     for seed in RNG_SEEDS:
         rng = np.random.default_rng(seed)
         n = 16 * int(rng.integers(1, 40))
@@ -269,7 +280,7 @@ import acpsl.schemes as schemes
 from acpsl.kernels import simd
 gen = torch.Generator().manual_seed(0)
 x = torch.randn(16, 64, 7, 7, generator=gen).relu()
-out = {"simd": simd.SIMD}
+out = {"simd": [simd.SIMD, simd.AVX2]}
 for name, params in [("topk", {}), ("randtopk", {"alpha": 0.3}), ("quant", {"bits": 5}),
                      ("l1", {}), ("topk", {"k": 20})]:
     client, server = schemes.create(name, **params), schemes.create(name, **params)
@@ -282,19 +293,25 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(not simd.SIMD, reason="this CPU already runs the scalar fallback")
-def test_scalar_fallback_gives_the_same_bytes(tmp_path: Path) -> None:
-    """A process compiled for this CPU without AVX-512 (the scalar blocks) produces the same
-    payloads and rebuilt tensors as this one (the AVX-512 blocks)."""
-    features = numba.core.codegen.get_host_cpu_features()
-    no_avx512 = ",".join(
-        "-" + f[1:] if f.startswith("+avx512") else f for f in str(features).split(",")
-    )
+def _without(features: str, prefixes: tuple[str, ...]) -> str:
+    """A CPU feature string with the features starting with ``prefixes`` turned off."""
+    return ",".join("-" + f[1:] if f.startswith(prefixes) else f for f in features.split(",") if f)
+
+
+@pytest.mark.skipif(not (simd.SIMD or simd.AVX2), reason="this CPU already runs the scalar blocks")
+def test_fallbacks_give_the_same_bytes(tmp_path: Path) -> None:
+    """Processes compiled for this CPU without AVX-512 (the AVX2 permutes) and without AVX2
+    either (the scalar blocks) produce the same payloads and rebuilt tensors as this one."""
+    features = str(numba.core.codegen.get_host_cpu_features())
+    variants = [("native", {}, [simd.SIMD, simd.AVX2])]
+    if simd.SIMD:
+        variants.append(
+            ("avx2", {"NUMBA_CPU_FEATURES": _without(features, ("+avx512",))}, [False, True])
+        )
+    scalar = _without(features, ("+avx512", "+avx2"))
+    variants.append(("scalar", {"NUMBA_CPU_FEATURES": scalar}, [False, False]))
     runs = {}
-    for label, env in (
-        ("simd", {}),
-        ("scalar", {"NUMBA_CPU_FEATURES": no_avx512}),
-    ):
+    for label, env, expected in variants:
         full = {
             **os.environ,
             **env,
@@ -310,25 +327,87 @@ def test_scalar_fallback_gives_the_same_bytes(tmp_path: Path) -> None:
             check=True,
         )
         runs[label] = json.loads(result.stdout.strip().splitlines()[-1])
-    assert runs["simd"].pop("simd") is True
-    assert runs["scalar"].pop("simd") is False
-    assert runs["scalar"] == runs["simd"]
+        assert runs[label].pop("simd") == expected
+    for label in runs:
+        assert runs[label] == runs["native"], label
+
+
+@numba.njit(parallel=True)
+def _threads_of_launch(out: np.ndarray) -> int:
+    """The thread count a parallel kernel runs with (test probe)."""
+    for i in numba.prange(out.size):
+        out[i] = i
+    return numba.get_num_threads()
 
 
 def test_launch_follows_torch_threads_and_keeps_small_batches_on_one() -> None:
     before = torch.get_num_threads()
-    x = np.ones((4, 64), np.float32)
-    lo, hi = np.empty(4, np.float32), np.empty(4, np.float32)
-    codes = np.empty(x.shape, np.uint8)
-    args = (quant.encode_rows, x, 8, lo, hi, lo.view(np.int32), hi.view(np.int32), codes)
+    out = np.empty(8, np.int64)
     try:
         torch.set_num_threads(1)
-        launch(*args, values=ALL_THREADS)
-        assert numba.get_num_threads() == 1
+        assert launch(_threads_of_launch, out, values=ALL_THREADS) == 1
         torch.set_num_threads(2)
-        launch(*args, values=ALL_THREADS)
-        assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
-        launch(*args, values=x.size)
-        assert numba.get_num_threads() == 1
+        numba_before = numba.get_num_threads()
+        used = launch(_threads_of_launch, out, values=ALL_THREADS)
+        assert used == min(2, numba.config.NUMBA_NUM_THREADS)
+        assert launch(_threads_of_launch, out, values=PARALLEL_MIN_VALUES - 1) == 1
+        assert numba.get_num_threads() == numba_before and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+THREADS_SCRIPT = """
+import json, numba, torch
+import acpsl.schemes as schemes
+user = 1 if torch.get_num_threads() > 1 else 2  # anything but the default
+torch.set_num_threads(user)
+x = torch.randn(32, 64, 8, 8, generator=torch.Generator().manual_seed(0)).relu()
+labels = torch.arange(32) % 10
+seen = []
+for name in schemes.names():
+    client, server = schemes.create(name), schemes.create(name)
+    client.set_iteration(t=1, total=2)
+    for step, call in (
+        ("compress", lambda: client.compress(x, labels=labels)),
+        ("decompress", lambda: server.decompress(data)),
+        ("compress_grad", lambda: server.compress_grad(x)),
+        ("decompress_grad", lambda: client.decompress_grad(grad)),
+        ("inference", lambda: client.compress(x, training=False)),
+    ):
+        out = call()
+        if step == "compress":
+            data = out
+        elif step == "compress_grad":
+            grad = out
+        seen.append([name, step, torch.get_num_threads()])
+        torch.set_num_threads(user)  # so that every call is checked on its own
+numba.set_num_threads(1)
+torch.set_num_threads(2)
+client, server = schemes.create("quant"), schemes.create("quant")
+server.decompress(client.compress(x))
+print(json.dumps({"user": user, "seen": seen, "numba": numba.get_num_threads()}))
+"""
+
+
+def test_codecs_never_change_the_callers_thread_counts() -> None:
+    """Issue 10, defect 7: Numba's OpenMP layer set torch's thread count to
+    ``NUMBA_NUM_THREADS`` on its first parallel launch. In a fresh process (the first launch
+    is the one that did it), with a thread count that is not the default, every call of
+    every scheme on a batch above :data:`PARALLEL_MIN_VALUES` leaves ``torch``'s thread
+    count, and Numba's own, as the caller set them."""
+    assert 32 * 64 * 8 * 8 >= PARALLEL_MIN_VALUES
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"
+    result = subprocess.run(
+        [sys.executable, "-c", THREADS_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    changed = [entry for entry in out["seen"] if entry[2] != out["user"]]
+    assert not changed, f"torch threads {out['user']} changed by: {changed}"
+    assert len(out["seen"]) == 5 * len(schemes.names())
+    assert out["numba"] == 1

@@ -365,3 +365,80 @@ def test_adaptive_ratio_reacts_to_separation_through_the_scheme():
     client.set_iteration(t=3, total=100)
     client.compress(torch.relu(x) * 0.01, labels=labels)
     assert client.stats()["w"] > 1 and client.stats()["ratio"] > 0.7
+
+
+# ------------------------------------------------------------------ single-label batches
+#: Iterations of the single-label traces (issue 10, defect 6: a 40-iteration trace).
+TRACE_T = 40
+
+
+def single_label_trace(
+    group_score: str, *, single_at: int | None, skip: bool = False
+) -> tuple[dict[int, float], dict[int, list[int]]]:
+    """``P_t`` and the kept channels per iteration over a stream of 4-label batches, where
+    the batch at ``single_at`` has all its labels equal (K = 1); with ``skip`` that
+    iteration is left out entirely (``t`` still advances), the reference it must match."""
+    client = schemes.create("acp", group_score=group_score)
+    ratios: dict[int, float] = {}
+    kept: dict[int, list[int]] = {}
+    for t in range(1, TRACE_T + 1):
+        x, labels = random_batch(t, b=32, n=40)
+        assert labels.unique().numel() >= 2
+        if t == single_at:
+            if skip:
+                continue
+            labels = torch.full_like(labels, 3)
+        client.set_iteration(t=t, total=TRACE_T)
+        data = client.compress(x, labels=labels)
+        ratios[t] = client.stats()["p_target"]
+        kept[t] = unpack_bits(data[HEAD : HEAD + 5], 40).nonzero().reshape(-1).tolist()
+    return ratios, kept
+
+
+@pytest.mark.parametrize("group_score", ["separation", "paper"])
+@pytest.mark.parametrize("single_at", [5, 20])
+def test_single_label_batch_enters_no_history(group_score, single_at):
+    """SPEC section 2: a K < 2 batch is pruned at the previous P_t with the previous S_comb
+    ranking and changes no history (S_hist, the separation history, D_hist), so every other
+    iteration is exactly what it is when that batch never came (t still advances)."""
+    ratios, kept = single_label_trace(group_score, single_at=single_at)
+    ref_ratios, ref_kept = single_label_trace(group_score, single_at=single_at, skip=True)
+    assert ratios[single_at] == ratios[single_at - 1]
+    assert kept[single_at] == kept[single_at - 1]
+    del ratios[single_at], kept[single_at]
+    assert ratios == ref_ratios
+    assert kept == ref_kept
+
+
+@pytest.mark.parametrize("group_score", ["separation", "paper"])
+def test_single_label_first_batch_prunes_at_p_base_by_intra_score(group_score):
+    ratios, kept = single_label_trace(group_score, single_at=1)
+    x, _ = random_batch(1, b=32, n=40)
+    intra, _ = lcis.raw_scores(x, torch.full((32,), 3))
+    assert ratios[1] == 0.7
+    assert kept[1] == keep_indices(intra, keep=40 - prune_count(ratio=0.7, channels=40)).tolist()
+    # the next batch is the first in every history: W = 1, P_base
+    assert ratios[2] == 0.7
+    fresh = schemes.create("acp", group_score=group_score)
+    for t in range(2, TRACE_T + 1):
+        x, labels = random_batch(t, b=32, n=40)
+        fresh.set_iteration(t=t, total=TRACE_T)
+        fresh.compress(x, labels=labels)
+        assert fresh.stats()["p_target"] == ratios[t]
+
+
+def test_single_label_batch_after_resume_uses_the_saved_ranking():
+    a = schemes.create("acp")
+    for t in range(1, 4):
+        x, labels = random_batch(t)
+        a.set_iteration(t=t, total=6)
+        a.compress(x, labels=labels)
+    b = schemes.create("acp")
+    b.load_state_dict(a.state_dict())
+    x, _ = random_batch(4)
+    for scheme in (a, b):
+        scheme.set_iteration(t=4, total=6)
+    assert a.compress(x, labels=torch.zeros(B, dtype=torch.int64)) == b.compress(
+        x, labels=torch.zeros(B, dtype=torch.int64)
+    )
+    assert a.stats() == b.stats()

@@ -17,6 +17,10 @@ process that ran one must not ``fork`` a child that runs one too (start children
 The Python wrappers in :mod:`acpsl.cut` and :mod:`acpsl.schemes` validate arguments and
 raise the library's errors; a kernel returns a status code instead of raising.
 
+Numba's on-disk cache is keyed on the timestamp of the file that defines a kernel: after an
+edit of :mod:`acpsl.kernels.simd`, kernels of other files that inline its blocks keep their old
+machine code until their own file changes (delete ``__pycache__/*.nbi`` and ``*.nbc`` here).
+
 Modules:
     :mod:`acpsl.kernels.bits`: fixed-width bit streams and bit masks (pack, unpack, scan).
     :mod:`acpsl.kernels.topk`: per-sample top-k by magnitude (radix select), non-zeros.
@@ -47,6 +51,18 @@ def kernel(fn: F) -> F:
     return compiled
 
 
+def block(fn: F) -> F:
+    """:func:`kernel` for the small helpers a kernel calls per lane or per 16 lanes, inlined
+    into every caller at Numba's IR level.
+
+    Why: a kernel loaded from the on-disk cache links its callees as machine code, so LLVM
+    cannot inline them; a helper left as a call costs a call per 16 values with every array
+    passed as a struct of fields (the AVX2 expand ran 4x slower that way).
+    """
+    compiled: F = numba.njit(nogil=True, inline="always")(fn)
+    return compiled
+
+
 def parallel_kernel(fn: F) -> F:
     """:func:`kernel` with ``prange`` loops spread over threads (for passes that stream the
     whole batch from memory, where one core's bandwidth is the limit). Call it through
@@ -63,15 +79,61 @@ PARALLEL_MIN_VALUES = 1 << 16
 def launch(fn: Callable[..., Any], *args: Any, values: int) -> Any:
     """Run a :func:`parallel_kernel` over a batch of ``values`` values on as many threads as
     PyTorch uses (``torch.set_num_threads``, e.g. ``acpsl compare``'s per-worker share), or
-    on one for a small batch; one launch at a time.
+    on one for a small batch; one launch at a time. The caller's thread counts, PyTorch's
+    and Numba's, are the same afterwards.
+
+    Why the care: Numba's OpenMP layer starts its pool (on the first parallel launch of the
+    process) with ``omp_set_num_threads(NUMBA_NUM_THREADS)``; PyTorch's CPU wheel loads its
+    own ``libgomp`` globally, so that call lands in PyTorch's OpenMP runtime and
+    ``torch.get_num_threads()`` silently became ``NUMBA_NUM_THREADS`` for the rest of the
+    process (issue 10, defect 7). So the pool is started here, under the caller's setting,
+    which is then put back; Numba's own (thread-local) count is set for the launch and put
+    back after it; PyTorch's is checked after every launch. That costs two integer reads per
+    launch, and a set only when something changed. Numba's ``workqueue`` layer would not touch
+    OpenMP, but it is a process-wide Numba setting (the caller's, too) and was measured slower
+    (docs/baselines.md, "Speed").
 
     One at a time: some of Numba's threading layers do not take concurrent launches from
     several threads (the network server decodes on gRPC threads).
     """
-    threads = 1
-    if values >= PARALLEL_MIN_VALUES:
-        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    wanted = torch.get_num_threads()
     with _LAUNCH:
-        if numba.get_num_threads() != threads:
-            numba.set_num_threads(threads)
-        return fn(*args)
+        get_numba, set_numba = _numba_thread_calls()
+        if torch.get_num_threads() != wanted:  # the pool start just reset it
+            torch.set_num_threads(wanted)
+        threads = 1
+        if values >= PARALLEL_MIN_VALUES:
+            threads = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
+        before = get_numba()
+        if before != threads:
+            set_numba(threads)
+        try:
+            return fn(*args)
+        finally:
+            if before != threads:
+                set_numba(before)
+            if torch.get_num_threads() != wanted:
+                torch.set_num_threads(wanted)
+
+
+_THREAD_CALLS: tuple[Callable[[], int], Callable[[int], None]] | None = None
+
+
+def _numba_thread_calls() -> tuple[Callable[[], int], Callable[[int], None]]:
+    """Getter and setter of Numba's thread count for the calling thread, after starting its
+    pool (once). Numba's public ``get_num_threads`` / ``set_num_threads`` take a process lock
+    on every call (several microseconds each); once the pool runs, its layer's own functions
+    (``numba.np.ufunc.parallel._get_num_threads`` / ``_set_num_threads``) do the same without
+    it. Where a Numba version lacks them, the public ones."""
+    global _THREAD_CALLS
+    if _THREAD_CALLS is None:
+        numba.get_num_threads()  # starts the pool
+        from numba.np.ufunc import parallel
+
+        getter = getattr(parallel, "_get_num_threads", None)
+        setter = getattr(parallel, "_set_num_threads", None)
+        if callable(getter) and callable(setter):
+            _THREAD_CALLS = (getter, setter)
+        else:  # pragma: no cover - other Numba versions
+            _THREAD_CALLS = (numba.get_num_threads, numba.set_num_threads)
+    return _THREAD_CALLS

@@ -7,6 +7,8 @@ over the ``B * d`` flat positions (``np.packbits(..., bitorder="little")``).
 
 Status codes returned by the decoding loops (the callers turn them into
 :class:`~acpsl.errors.PayloadError` messages):
+
+The 16-lane blocks come from :mod:`acpsl.kernels.simd` (AVX-512, AVX2 or scalar, per CPU).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import sys
 import numpy as np
 from numba import prange
 
-from acpsl.kernels import kernel, parallel_kernel
-from acpsl.kernels.simd import LANES, compress_index, expand_values, popcount
+from acpsl.kernels import block, kernel, parallel_kernel
+from acpsl.kernels.simd import LANES, compress_index, expand_tail, expand_values, popcount
 
 #: Whether uint32 words in memory are the stream's bytes in order (little-endian machine).
 LITTLE = sys.byteorder == "little"
@@ -90,15 +92,15 @@ def mask_of_positions(positions: np.ndarray, out: np.ndarray) -> None:
         out[p >> 3] |= np.uint8(1 << (p & 7))
 
 
-@kernel
-def _lanes_at(mask: np.ndarray, p: int) -> int:
-    """The 16 bits of the uint64-word bit mask ``mask`` from bit ``p`` on (any alignment; the
-    mask has a spare word)."""
-    shift = p & 63
-    word = mask[p >> 6] >> np.uint64(shift)
+@block
+def _lanes_of(word: np.uint64, following: np.uint64, shift: int) -> int:
+    """The 16 bits from bit ``shift`` of the 128-bit ``following:word`` (a uint64-word bit
+    mask read at ``p >> 6`` and the word after it, ``shift = p & 63``). Scalars only: an
+    inlined block that took the array would pay a reference count per call."""
+    bits = word >> np.uint64(shift)
     if shift > 64 - LANES:
-        word |= mask[(p >> 6) + 1] << np.uint64(64 - shift)
-    return np.int64(word & np.uint64(0xFFFF))
+        bits |= following << np.uint64(64 - shift)
+    return np.int64(bits & np.uint64(0xFFFF))
 
 
 @kernel
@@ -131,11 +133,14 @@ def _scatter_sample(
     base = b * d
     for i in range(0, whole, LANES):
         p = base + i
-        kept = _lanes_at(mask, p)
+        kept = _lanes_of(mask[p >> 6], mask[(p >> 6) + 1], p & 63)
         count = popcount(kept)
         if j + count > limit:
             return -1
-        expand_values(kept, values, j, out, p)
+        if j + LANES <= values.shape[0]:
+            expand_values(kept, values, j, out, p)
+        else:
+            expand_tail(kept, values, j, out, p)
         if want:
             compress_index(p, kept, positions, j)
         j += count
@@ -216,7 +221,7 @@ def positions_of_words(mask: np.ndarray, nbits: int, out: np.ndarray) -> int:
     n = 0
     whole = nbits - nbits % LANES
     for p in range(0, whole, LANES):
-        kept = _lanes_at(mask, p)
+        kept = _lanes_of(mask[p >> 6], mask[(p >> 6) + 1], p & 63)
         compress_index(p, kept, out, n)
         n += popcount(kept)
     for p in range(whole, nbits):

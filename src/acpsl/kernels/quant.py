@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from acpsl.kernels import kernel, parallel_kernel
+from acpsl.kernels import block, parallel_kernel
 
 _MAGNITUDE = np.int32(0x7FFFFFFF)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -23,7 +23,7 @@ _ORDERED_INF = np.int32(0x7F800000)
 _ORDERED_NEG_INF = np.int32(np.array([0xFF800000 ^ 0x7FFFFFFF], dtype=np.uint32).view(np.int32)[0])
 
 
-@kernel
+@block
 def _ordered(bits: np.int32) -> np.int32:
     """The float32 with these bits as an int32 of the same order (and back: an involution).
 
@@ -34,7 +34,7 @@ def _ordered(bits: np.int32) -> np.int32:
     return bits ^ ((bits >> np.int32(31)) & _MAGNITUDE)
 
 
-@kernel
+@block
 def _overflows(lo: float, hi: float) -> bool:
     """Whether ``max - min`` is not representable in float32 (the row is binned in float64)."""
     return np.float64(hi) - np.float64(lo) > _FLOAT32_MAX

@@ -9,17 +9,19 @@ uniform subsets come from Floyd's algorithm, which draws exactly ``m`` integers 
 ``[0, 1)`` (53 random bits: a bias below ``n / 2^53``, and a multiplication instead of an
 integer division). A member of the rest pool is drawn by its rank ``r`` among the non-top-k
 positions, i.e. its place in the list of those positions.
+
+The 16-lane blocks come from :mod:`acpsl.kernels.simd` (AVX-512, AVX2 or scalar, per CPU).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from acpsl.kernels import kernel
+from acpsl.kernels import block, kernel
 from acpsl.kernels.simd import LANES, compress_index, mask_nonzero, popcount
 
 
-@kernel
+@block
 def _uniform_below(u: float, n: int) -> int:
     """An integer uniform in ``0..n-1`` from a float ``u`` uniform in ``[0, 1)``."""
     return min(int(u * n), n - 1)

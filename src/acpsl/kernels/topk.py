@@ -11,6 +11,8 @@ and a few over the few keys of one bucket, instead of a sort of the row.
 Ties at the ``k``-th magnitude go to the lowest indices (the library's documented rule, so the
 selection does not depend on an algorithm's order of equal values). The values must be finite;
 the callers check that first (one reduction), as a NaN's key sorts above every number.
+
+The 16-lane blocks come from :mod:`acpsl.kernels.simd` (AVX-512, AVX2 or scalar, per CPU).
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ zero. One training iteration (:meth:`AcpScheme.compress` with ``training=True``)
 4. the ``round(P_t · N)`` lowest-ranked channels are pruned (at least one channel is kept;
    of tied scores the lower channel index is kept).
 
+A batch whose samples all share one label (``K < 2``: no label contrast; frequent with
+Dirichlet β ≤ 0.1 or small batches) skips steps 2–3 whenever the configuration uses labels
+(LCIS scorer or the separation group score): it enters no history and is pruned at the
+previous ``P_t`` with the previous ranking (SPEC section 2). Label-free ablations (``l0`` or
+``random`` scorer with the ``fixed`` or ``random`` ratio) never look at the labels.
+
 Inference (``training=False``): channels are ranked by the latest ``S_hist`` and pruned at the
 latest ``P_t``; before the first training iteration every channel is kept. Inference changes
 no state apart from the remembered mask.
@@ -118,6 +124,9 @@ class AcpScheme(Scheme):
             bounds["seed"] = ratio_seed
         self.policy = ratios.create(ratio, **bounds)
         self.history = lcis.ScoreHistory()
+        #: The ranking of the latest iteration that entered the histories (a K < 2 batch
+        #: reuses it).
+        self._ranking: torch.Tensor | None = None
         self._kept_counts: list[int] = []
         self._sent: tuple[tuple[int, ...], torch.Tensor] | None = None  # client: last compress
         self._received: tuple[tuple[int, ...], torch.Tensor] | None = None  # server: decompress
@@ -134,6 +143,8 @@ class AcpScheme(Scheme):
                     "label-free ablations: scorer='l0' or 'random' with ratio='fixed' or 'random'"
                 )
             scores_lcis = lcis.lcis_scores(x, labels)
+            if scores_lcis.num_labels < 2:
+                return self._single_label_mask(scores_lcis)
         elif not all_finite(x):
             raise TrainingError("acp got non-finite smashed data (NaN or inf): training diverged")
         inst = self.scorer.score(x, labels=labels, lcis=scores_lcis)
@@ -150,13 +161,39 @@ class AcpScheme(Scheme):
             separation=None if scores_lcis is None else scores_lcis.separation,
             alpha=alpha,
         )
-        n = x.shape[1]
-        kept = keep_indices(ranking, keep=n - prune_count(ratio=step.ratio, channels=n))
+        self._ranking = ranking
+        self._stats = {"p_target": step.ratio, "w": step.w, "alpha": alpha}
+        return self._prune(ranking, ratio=step.ratio)
+
+    def _single_label_mask(self, scores: lcis.LcisScores) -> torch.Tensor:
+        """A batch with ``K < 2`` labels (SPEC section 2): no label contrast, so it enters no
+        history — ``S_hist`` (eq. 7), the separation history and ``D_hist`` (eq. 11) stay as
+        they were. It is pruned at the previous ``P_t`` with the previous ranking (``S_comb``
+        of eq. 8 by default); before any history, at ``P_base`` ranked by its own intra score
+        (eq. 2). ``t`` advances as usual (it is the run's counter)."""
+        n = scores.intra.numel()
+        ratio = self.policy.latest
+        # A checkpoint written before the ranking was kept: the history's ranking.
+        ranking = self.history.mean if self._ranking is None else self._ranking
+        if ranking is not None and ranking.numel() != n:
+            raise TrainingError(
+                f"the number of channels changed from {ranking.numel()} to {n}; "
+                "acp's state belongs to one cut layer"
+            )
+        if ratio is None or ranking is None:
+            ratio, ranking = self.policy.p_base, scores.intra
+        alpha = lcis.combination_weight(t=self.iteration, total=self.total_iterations)
+        self._stats = {"p_target": ratio, "w": 1.0, "alpha": alpha, "single_label": 1.0}
+        return self._prune(ranking, ratio=ratio)
+
+    def _prune(self, ranking: torch.Tensor, *, ratio: float) -> torch.Tensor:
+        """Step 4: the kept channels (``round(ratio · N)`` lowest-ranked pruned), counted."""
+        n = ranking.numel()
+        kept = keep_indices(ranking, keep=n - prune_count(ratio=ratio, channels=n))
         if not self._kept_counts:
             self._kept_counts = [0] * n
         for i in kept.tolist():
             self._kept_counts[i] += 1
-        self._stats = {"p_target": step.ratio, "w": step.w, "alpha": alpha}
         return kept
 
     def _inference_mask(self, n: int) -> torch.Tensor:
@@ -260,6 +297,8 @@ class AcpScheme(Scheme):
     def state_dict(self) -> dict[str, Any]:
         """Flat state: score history, ratio policy (with RNG), scorer RNG, kept counts."""
         state: dict[str, Any] = {"kept_counts": list(self._kept_counts)}
+        if self._ranking is not None:
+            state["ranking"] = self._ranking.clone()
         for prefix, part in (
             ("history.", self.history.state_dict()),
             ("policy.", self.policy.state_dict()),
@@ -279,6 +318,10 @@ class AcpScheme(Scheme):
             self.policy.load_state_dict(part("policy."))
             self.scorer.load_state_dict(part("scorer."))
             self._kept_counts = [int(c) for c in state["kept_counts"]]
+            ranking = state.get("ranking")
+            self._ranking = (
+                None if ranking is None else torch.as_tensor(ranking, dtype=lcis.SCORE_DTYPE)
+            )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
                 f"acp state does not match this scheme's configuration: {exc}"
