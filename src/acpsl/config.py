@@ -26,6 +26,13 @@ MODES = ("sequential", "splitfed")
 PARTITIONS = ("iid", "dirichlet")
 OPTIMIZERS = ("sgd", "adam")
 STEMS = ("imagenet", "cifar")
+#: The schemes and models acpsl itself registers, in registration order, written here so a
+#: configuration is checked without importing them (they import PyTorch); a test keeps these
+#: equal to the registries. A name not listed is looked up in the registry (a user's
+#: ``acpsl.schemes.register`` / ``acpsl.models.register``); a ``MODULE:FUNCTION`` plug-in
+#: reference is left to the plug-in loader.
+BUILTIN_SCHEMES = ("standard", "acp", "randtopk", "topk", "sizered", "quant", "l1", "dropgroup")
+BUILTIN_MODELS = ("resnet18", "resnet20", "smallcnn")
 
 
 def default_data_dir() -> str:
@@ -64,6 +71,11 @@ class TrainConfig:
         target_acc: test accuracies (in [0, 1]) whose rounds and bytes to reach are reported.
         eval_uncompressed: evaluate on the test set without compressing the cut.
         progress: show progress bars.
+
+    Raises:
+        ConfigError: an invalid value, or an unknown scheme or model name (checked when the
+            configuration is built; ``MODULE:FUNCTION`` plug-in names are checked when
+            loaded).
     """
 
     scheme: str = "standard"
@@ -172,6 +184,10 @@ class TrainConfig:
                 raise bad("target_acc", acc, "target accuracies are fractions in (0, 1]")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", self.seed, "must be a non-negative integer")
+        for kind, name in (("scheme", self.scheme), ("model", self.model)):
+            known = _known_names(kind, name)
+            if known is not None:
+                raise ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(known)}")
 
     # ------------------------------------------------------------------------------ I/O
     def replace(self, **changes: Any) -> TrainConfig:
@@ -240,6 +256,21 @@ _STR_FIELDS = (
 )
 _BOOL_FIELDS = ("download", "eval_uncompressed", "progress")
 _FLOAT_FIELDS = ("beta", "lr", "momentum", "weight_decay")
+
+
+def _known_names(kind: str, name: str) -> list[str] | None:
+    """``None`` when ``name`` is a valid ``kind`` ("scheme" or "model") name, else the names
+    to choose from. Built-in names and ``MODULE:FUNCTION`` plug-in references are accepted
+    without importing anything; another name is looked up in the registry."""
+    builtin = BUILTIN_SCHEMES if kind == "scheme" else BUILTIN_MODELS
+    if name in builtin or ":" in name:
+        return None
+    if kind == "scheme":
+        from acpsl.schemes import names
+    else:
+        from acpsl.models import names
+    known = names()
+    return None if name in known else known
 
 
 def _is_number(value: Any) -> bool:

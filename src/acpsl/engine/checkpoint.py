@@ -56,7 +56,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if version != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has layout version {version}, this acpsl reads version "
-            f"{CHECKPOINT_VERSION}; start a new run in another --out"
+            f"{CHECKPOINT_VERSION}; start a new run in another out_dir (--out)"
         )
     return state
 
@@ -80,7 +80,8 @@ def check_resumable(saved: Mapping[str, Any], config: TrainConfig, *, finished: 
         raise CheckpointError(
             f"cannot resume: the configuration differs from the checkpointed run in "
             f"{', '.join(differing)} ({details}); resume with the same settings (only "
-            f"{', '.join(sorted(RESUMABLE_KEYS))} may change) or start a new run in another --out"
+            f"{', '.join(sorted(RESUMABLE_KEYS))} may change) or start a new run in another "
+            "out_dir (--out)"
         )
     if config.rounds < finished:
         raise CheckpointError(

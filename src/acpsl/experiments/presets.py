@@ -27,7 +27,9 @@ File layout (``presets/<name>.toml``)::
     params = { l1 = { lam = 1e-4 } }  # optional: per-run scheme parameters in this panel
 
     [[runs]]                 # at least one
-    label = "randtopk"       # unique within the preset; names the curve and the folder
+    label = "randtopk"       # unique within the preset; names the folder
+    name = "RandTopk-SL"     # optional: the curve's name in tables and figures (default:
+                             # from the scheme and its ablation, acpsl.experiments.names)
     scheme = "randtopk"
     params = { alpha = 0.1 } # scheme parameters
     match = { to = "acp" }   # or { fraction = 0.0286 } or { to = "panel" }: see below
@@ -125,6 +127,7 @@ class RunTemplate:
     params: Mapping[str, Any] = field(default_factory=dict)
     match: Mapping[str, Any] | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class RunPlan:
         match_acp: if set, the size parameter is chosen to match ACP-SL's payload per sample
             at ``p_base`` of these ACP-SL parameters (measured on a real encode).
         panel_title: human-readable panel title.
+        name: the curve's display name (``None``: derived from the scheme).
     """
 
     panel: str
@@ -150,6 +154,7 @@ class RunPlan:
     match_fraction: float | None = None
     match_acp: Mapping[str, Any] | None = None
     panel_title: str = ""
+    name: str | None = None
 
     @property
     def key(self) -> str:
@@ -166,6 +171,7 @@ class RunPlan:
             "match_fraction": self.match_fraction,
             "match_acp": None if self.match_acp is None else dict(self.match_acp),
             "panel_title": self.panel_title,
+            "name": self.name,
         }
 
     @classmethod
@@ -179,6 +185,7 @@ class RunPlan:
             match_fraction=data.get("match_fraction"),
             match_acp=data.get("match_acp"),
             panel_title=str(data.get("panel_title", "")),
+            name=None if data.get("name") is None else str(data["name"]),
         )
 
 
@@ -279,6 +286,7 @@ class Preset:
                             match_fraction=match_fraction,
                             match_acp=match_acp,
                             panel_title=title,
+                            name=run.name,
                         )
                     )
         return plans
@@ -443,7 +451,7 @@ def parse(data: Mapping[str, Any], *, name: str) -> Preset:
 
     runs = []
     for raw in data.get("runs", []):
-        extra = set(raw) - {"label", "scheme", "params", "match", "config"}
+        extra = set(raw) - {"label", "scheme", "params", "match", "config", "name"}
         if extra or "label" not in raw or "scheme" not in raw:
             raise bad(f"a [[runs]] entry needs label and scheme; got {sorted(raw)}")
         match = raw.get("match")
@@ -463,6 +471,7 @@ def parse(data: Mapping[str, Any], *, name: str) -> Preset:
                 params=dict(raw.get("params", {})),
                 match=dict(match) if match is not None else None,
                 config=cfg,
+                name=None if raw.get("name") is None else str(raw["name"]),
             )
         )
     if not runs:
