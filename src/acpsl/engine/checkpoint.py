@@ -28,7 +28,9 @@ CHECKPOINT_VERSION = 1
 #: so the rounds trained after the resume use the larger ``T`` while those before it used
 #: the smaller one. The result differs from a run started with the larger ``rounds`` (it is
 #: the same for schemes that do not use ``T``); :func:`rounds_note` says so on resume.
-RESUMABLE_KEYS = frozenset({"rounds", "progress", "device", "data_dir", "download", "target_acc"})
+RESUMABLE_KEYS = frozenset(
+    {"rounds", "progress", "device", "data_dir", "download", "target_acc", "loggers"}
+)
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> int:

@@ -244,7 +244,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=s,
-        help="show progress bars (--no-progress hides them)" + d("progress"),
+        help="show progress bars on a terminal (--no-progress hides them)" + d("progress"),
+    )
+    run.add_argument(
+        "--logger",
+        dest="loggers",
+        action="append",
+        metavar="NAME[,NAME]",
+        default=s,
+        help="per-step metrics beside records.jsonl: csv (OUT/metrics.csv) and/or "
+        "tensorboard (OUT/tensorboard/, pip install 'acpsl[tensorboard]'); repeatable or a "
+        "comma list" + d("loggers"),
     )
 
     scheme = parser.add_argument_group(
@@ -334,6 +344,10 @@ def config_from_args(
     for name in _DEFAULTS:
         if name in opts and name != "scheme_params":
             values[name] = opts[name]
+    if "loggers" in opts:
+        values["loggers"] = tuple(
+            n.strip() for text in opts["loggers"] for n in str(text).split(",") if n.strip()
+        )
     if "target_acc" in opts:
         values["target_acc"] = tuple(t for text in opts["target_acc"] for t in parse_target(text))
     elif "target_acc" in values:

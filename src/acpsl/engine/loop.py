@@ -43,6 +43,7 @@ from acpsl.engine.checkpoint import (
     rounds_note,
     save_checkpoint,
 )
+from acpsl.engine.metrics import StepLogger
 from acpsl.engine.records import (
     RECORD_FIELDS,
     UNCOMPRESSED_FIELDS,
@@ -170,10 +171,13 @@ def train(
         f"{config.clients} clients ({config.mode}), {config.rounds} rounds, device {device}"
     )
     total_iters = run.total_iterations()
+    # per-step metrics (metrics.csv, TensorBoard); rows are flushed every round, so a crash
+    # loses none that the records hold
+    metrics = StepLogger(config.loggers, out_dir=out, start_iteration=t)
     segment_start = time.perf_counter()
     for r in range(start_round, config.rounds + 1):
         round_start = time.perf_counter()
-        record, t = _train_round(run, round_index=r, t=t, total=total_iters)
+        record, t = _train_round(run, round_index=r, t=t, total=total_iters, metrics=metrics)
         record.update(_evaluate(run))
         record["gen_error"] = gen_error(record)
         add_totals(record, totals)
@@ -182,9 +186,11 @@ def train(
         record["wall_s"] = wall_before + (now - segment_start)
         record = save_round(run, out, record, t=t, totals=totals)
         records.append(record)
+        metrics.round(record)
         say(_round_line(record, config.rounds))
         if on_round is not None:
             on_round(record)
+    metrics.close()
 
     summary = summarize(records, out_dir=out, targets=config.target_acc)
     write_atomic(out / SUMMARY, json.dumps(summary.to_dict(), indent=2).encode("utf-8"))
@@ -251,8 +257,12 @@ def make_run_dir(out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- one round
-def _train_round(run: Run, *, round_index: int, t: int, total: int) -> tuple[dict[str, Any], int]:
-    """Every client passes once over its data; returns the round's partial record and ``t``."""
+def _train_round(
+    run: Run, *, round_index: int, t: int, total: int, metrics: StepLogger | None = None
+) -> tuple[dict[str, Any], int]:
+    """Every client passes once over its data; returns the round's partial record and ``t``.
+
+    Each iteration goes to ``metrics`` (``metrics.csv`` / TensorBoard) when it is active."""
     config, server = run.config, run.server
     bytes_up = bytes_down = bytes_labels = bytes_model = 0
     loss_sum, correct, seen = 0.0, 0, 0
@@ -303,6 +313,21 @@ def _train_round(run: Run, *, round_index: int, t: int, total: int) -> tuple[dic
                     ratios.append(p_t)
                 if kept_frac is not None:
                     kept_fracs.append(kept_frac)
+                if metrics is not None and metrics.active:
+                    metrics.step(
+                        {
+                            "round": round_index,
+                            "iteration": t,
+                            "client": c,
+                            "loss": loss,
+                            "batch": n,
+                            "bytes_up": len(up.smashed),
+                            "bytes_down": len(down),
+                            "bytes_labels": len(up.labels),
+                            "p_t": p_t,
+                            "kept_frac": kept_frac,
+                        }
+                    )
                 if "table2_bytes" in stats:
                     table2 = (table2 or 0.0) + float(stats["table2_bytes"])
                 if "bound_bytes" in stats:

@@ -173,6 +173,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             values[name] = opts[name]
     if "target_acc" in opts:
         values["target_acc"] = [t for text in opts["target_acc"] for t in parse_target(text)]
+    if "loggers" in opts:
+        values["loggers"] = [
+            n.strip() for text in opts["loggers"] for n in str(text).split(",") if n.strip()
+        ]
     if "seed" in values:
         raise ConfigError("compare runs several seeds: use --seeds instead of --seed")
     return values
