@@ -513,3 +513,118 @@ def test_report_of_a_real_grid_equals_its_records(
             assert float(row[f"cut_bytes_to_{key}_mean"]) == pytest.approx(m)
             assert float(row[f"cut_bytes_to_{key}_std"]) == pytest.approx(sd)
     assert reached_any  # the checks above compared real numbers at least once
+
+
+#: Every built-in scheme plus ACP-SL's ablations: the most curves a figure of ours shows.
+_MANY = [
+    ("standard", "standard", {}),
+    ("acp", "acp", {}),
+    ("randtopk", "randtopk", {}),
+    ("topk", "topk", {}),
+    ("sizered", "sizered", {}),
+    ("quant", "quant", {}),
+    ("l1", "l1", {}),
+    ("dropgroup", "dropgroup", {}),
+    ("acp-l0", "acp", {"scorer": "l0"}),
+    ("acp-randscore", "acp", {"scorer": "random"}),
+    ("acp-fixed", "acp", {"ratio": "fixed"}),
+    ("acp-randratio", "acp", {"ratio": "random"}),
+    ("acp-inst", "acp", {"score_mode": "inst"}),
+    ("acp-paper", "acp", {"group_score": "paper"}),
+]
+
+
+def test_styles_are_distinct_in_colour_and_marker() -> None:
+    from acpsl.experiments.names import display_name
+
+    styles = plots.label_styles([(lab, s, display_name(s, p)) for lab, s, p in _MANY])
+    assert len({st.color for st in styles.values()}) == len(_MANY)
+    assert len({(st.marker, st.linestyle) for st in styles.values()}) == len(_MANY)
+    assert len({st.name for st in styles.values()}) == len(_MANY)
+    topk, randtopk = styles["topk"], styles["randtopk"]
+    assert topk.color != randtopk.color and topk.marker != randtopk.marker
+    assert topk.linestyle != randtopk.linestyle
+    assert styles["acp-l0"].name == "ACP-SL, ℓ0 scores"
+
+
+def test_figures_for_a_paper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Formats and DPI; a legend of 14 schemes below the panels, outside every axes and
+    inside the saved area; a caption line; integer round ticks; labelled target lines."""
+    from matplotlib.image import imread
+
+    from acpsl.experiments.names import display_name
+
+    rng = np.random.RandomState(0)
+    styles = plots.label_styles([(lab, s, display_name(s, p)) for lab, s, p in _MANY])
+    panels = [
+        (
+            title,
+            {lab: [_records(rng, scheme="acp", rounds=7) for _ in SEEDS] for lab, _, _ in _MANY},
+        )
+        for title in PANELS.values()
+    ]
+    seen: dict[str, Any] = {}
+    real = plots._finish
+
+    def finish(fig: Any, path: Path, **kw: Any) -> Path:
+        written = real(fig, path, **kw)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(fig)  # the last savefig (SVG) left another canvas
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        saved = fig.get_tightbbox(renderer)  # inches: what bbox_inches="tight" keeps
+        legend = fig.legends[0].get_window_extent(renderer)
+        seen.update(fig=fig, saved=saved, legend=legend, dpi=fig.dpi, renderer=renderer)
+        return written
+
+    monkeypatch.setattr(plots, "_finish", finish)
+    out = plots.plot_curves(
+        panels,
+        kind="acc_round",
+        path=tmp_path / "acc.png",
+        title="Test accuracy vs round",
+        styles=styles,
+        targets=[0.5, 0.8],
+        formats=["png", "pdf", "svg"],
+        dpi=120,
+    )
+    assert out == tmp_path / "acc.png"
+    for fmt in ("png", "pdf", "svg"):
+        assert (tmp_path / f"acc.{fmt}").stat().st_size > 0
+    assert (tmp_path / "acc.pdf").read_bytes()[:4] == b"%PDF"
+    assert b"<svg" in (tmp_path / "acc.svg").read_bytes()[:1000]
+    fig = seen["fig"]
+    legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend_texts == [styles[lab].name for lab, _, _ in _MANY]
+    # the legend is inside the saved area and overlaps no axes
+    saved, legend, dpi = seen["saved"], seen["legend"], seen["dpi"]
+    assert saved.y0 * dpi <= legend.y0 and legend.y1 <= saved.y1 * dpi
+    assert saved.x0 * dpi <= legend.x0 and legend.x1 <= saved.x1 * dpi
+    for ax in fig.axes:
+        assert not ax.get_window_extent(seen["renderer"]).overlaps(legend)
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 7]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+        labels = [t.get_text() for t in ax.texts]
+        assert labels == ["target 50%", "target 80%"]
+    caption = [t.get_text() for t in fig.texts if t is not fig._suptitle]
+    assert caption == ["Lines: mean over 3 seeds; shaded band: the seeds' range (min-max)."]
+    # the PNG holds the whole tight area (plus its padding) at the DPI asked for, 120
+    height, width = imread(tmp_path / "acc.png").shape[:2]
+    assert abs(width - (saved.width + 0.3) * 120) <= 3
+    assert abs(height - (saved.height + 0.3) * 120) <= 3
+
+
+def test_report_cli_formats_and_dpi(tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    _write_grid(tmp_path)
+    argv = ["report", str(tmp_path), "--plots", "acc_round", "--format", "png,svg", "--dpi", "100"]
+    assert cli_main(argv) == 0
+    png, svg = tmp_path / "report" / "acc_vs_round.png", tmp_path / "report" / "acc_vs_round.svg"
+    assert svg.exists() and not (tmp_path / "report" / "acc_vs_round.pdf").exists()
+    small = imread(png).shape
+    assert cli_main([*argv[:-1], "200"]) == 0
+    big = imread(png).shape
+    assert big[0] == pytest.approx(2 * small[0], abs=4)  # twice the DPI, twice the pixels
+    assert cli_main(["report", str(tmp_path), "--format", "gif"]) == 2

@@ -68,7 +68,7 @@ _CYCLE = (
     "#17BECF",
     "#BCBD22",
     "#E377C2",
-    "#1B9E77",
+    "#A50026",
     "#7570B3",
     "#A6761D",
     "#666666",
@@ -217,7 +217,8 @@ def _legend(fig: Any, axes: Sequence[Any]) -> Any:
     if not handles:
         return None
     longest = max(len(lab) for lab in labels)
-    per_row = max(1, int(fig.get_figwidth() * 72 / (7 * longest + 40)))
+    # about 5.5 pt per character at 9 pt, plus the handle: as many columns as fit the width
+    per_row = max(1, int(fig.get_figwidth() * 72 / (5.5 * longest + 40)))
     ncol = max(1, min(len(labels), per_row, 6))
     return fig.legend(
         handles,
@@ -260,6 +261,10 @@ def _finish(
     fig.tight_layout()
     legend = _legend(fig, axes)
     if caption:
+        import textwrap
+
+        # wrapped to the figure's width (about 15 characters of 9 pt per inch)
+        caption = textwrap.fill(caption, width=max(40, int(fig.get_figwidth() * 15)))
         fig.canvas.draw()  # the legend's size is known only once drawn
         bottom = 0.0
         if legend is not None:
@@ -439,9 +444,12 @@ def plot_curves(
                 window = _ratio_window(len(xs))
                 windows.add(window)
                 # every iteration, faint (with several clients it zig-zags between their
-                # batches); the rolling mean on top is what the eye follows
-                ax.plot(xs, ys, color=style.color, lw=0.6, alpha=0.35, label="_raw")
+                # batches; fainter the more curves share the panel); the rolling mean on
+                # top is what the eye follows, and the seeds' band is smoothed alike
+                faint = max(0.08, 0.35 / max(1.0, len(runs_by_label) / 2))
+                ax.plot(xs, ys, color=style.color, lw=0.6, alpha=faint, label="_raw")
                 _draw(ax, xs, rolling_mean(ys, window), style)
+                lo, hi = rolling_mean(lo, window), rolling_mean(hi, window)
             elif kind in ("gen_gap", "gen_gap_offset"):
                 ax.plot(
                     xs,
@@ -499,11 +507,19 @@ def _caption(kind: str, panels: Sequence[PanelData], windows: set[int]) -> str:
     if kind == "ratio_iter":
         sizes = sorted(windows) or [1]
         window = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
-        band = (
-            "shaded band: the seeds' range (min-max)"
-            if "range" in seeds
-            else "shaded band: the round's min-max (records without per-iteration P_t)"
+        old = any(
+            r.get("ratios") is None and r.get("ratio_mean") is not None
+            for _, by_label in panels
+            for runs in by_label.values()
+            for records in runs
+            for r in records
         )
+        if old:
+            band = "shaded band: the round's min-max (records without per-iteration P_t)"
+        elif "range" in seeds:
+            band = "shaded band: the seeds' range (min-max)"
+        else:
+            band = "one seed: no band"
         return (
             f"Faint: P_t at every iteration (mean over seeds; with several clients it "
             f"alternates between their batches); solid: rolling mean over {window} "
