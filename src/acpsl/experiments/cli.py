@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -273,7 +274,9 @@ def run_compare(args: argparse.Namespace) -> int:
         preset = presets.load(args.preset)
         scale = args.scale or presets.default_scale()
         if args.scale is None:
-            print(f"scale: {scale} (the default {'with' if scale == 'full' else 'without'} CUDA)")
+            logging.getLogger("acpsl.experiments").info(
+                "scale: %s (the default %s CUDA)", scale, "with" if scale == "full" else "without"
+            )
         plans = preset.plan(
             scale=scale,
             overrides=overrides,
