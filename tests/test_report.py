@@ -376,7 +376,7 @@ def test_ratio_vs_iteration_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             want = [100 * sum(col) / len(SEEDS) for col in zip(*per_seed)]
         (raw,) = drawn["raw"]
         assert raw == pytest.approx(want)
-        window = plots._ratio_window(len(want))
+        window = plots._ratio_window(len(want), 0 if panel == OLD_PANEL else ITERS)
         assert ys == pytest.approx(plots.rolling_mean(want, window))
 
 

@@ -343,9 +343,11 @@ def rolling_mean(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def _ratio_window(points: int) -> int:
-    """Iterations per rolling mean of the P_t trace: about 1/25 of it, odd, 1 to 201."""
-    window = max(1, min(201, points // 25))
+def _ratio_window(points: int, per_round: int = 0) -> int:
+    """Iterations per rolling mean of the P_t trace: about 1/25 of it, and at least a quarter
+    of a round (longer than one client's turn in a 5-client round, so the step pattern of
+    each client's first batches averages out); odd, 1 to 201."""
+    window = max(1, min(201, max(points // 25, per_round // 4 + 1 if per_round else 1)))
     return window if window % 2 else window + 1
 
 
@@ -441,7 +443,10 @@ def plot_curves(
             style = _style(all_styles, label)
             ys = [v * scale for v in mean]
             if kind == "ratio_iter":
-                window = _ratio_window(len(xs))
+                per_round = max(
+                    (len(r.get("ratios") or []) for records in runs for r in records), default=0
+                )
+                window = _ratio_window(len(xs), per_round)
                 windows.add(window)
                 # every iteration, faint (with several clients it zig-zags between their
                 # batches; fainter the more curves share the panel); the rolling mean on
@@ -500,8 +505,13 @@ def _caption(kind: str, panels: Sequence[PanelData], windows: set[int]) -> str:
     """The caption line of a curve figure: what its lines and shaded bands are."""
     seeds = seed_caption(panels)
     if kind == "ratio_round":
+        if "range" not in seeds:
+            return (
+                "One seed per curve; shaded band: smallest to largest P_t of the round's "
+                "iterations."
+            )
         return (
-            seeds.split(";")[0].rstrip(".")
+            seeds.split(";")[0]
             + "; shaded band: smallest to largest P_t of the round's iterations over the seeds."
         )
     if kind == "ratio_iter":
