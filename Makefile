@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev,digits,net,ray]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev,digits,net,ray,tensorboard]'
 	touch $@
 
 demo: $(BIN)/.installed  ## the main job: a short real split-learning run, no download

@@ -51,8 +51,10 @@ def test_every_train_option_documents_its_default():
     }  # fmt: skip
     given = {s for a in options for s in a.option_strings}
     assert required <= given, required - given
+    formatter = parser._get_formatter()  # scheme flags get their defaults when formatted
     for action in options:
-        assert action.help and "default" in action.help, action.option_strings
+        text = formatter._get_help_string(action)
+        assert text and "default" in text, action.option_strings
     text = parser.format_help()
     assert "--no-progress" in text and "(default: 128)" in text and "(default: 0.01)" in text
 
@@ -172,12 +174,14 @@ def test_train_then_resume_end_to_end(capsys, shared_data, tmp_path):
         "--optimizer", "adam", "--lr", "1e-3", "--no-progress", "--out", str(out),
         "--target-acc", "5",
     ]  # fmt: skip
-    code, text, _ = run_main(capsys, "train", *common, "--rounds", "1")
-    assert code == 0 and "summary:" in text and "to reach 5%" in text
+    code, text, log = run_main(capsys, "train", *common, "--rounds", "1")
+    # the log (stderr) has the progress and the summary; stdout says where the records are
+    assert code == 0 and "summary:" in log and "to reach 5%" in log
+    assert text.strip() == f"records: {out}/records.jsonl"
     code, _, err = run_main(capsys, "train", *common, "--rounds", "2")
     assert code == 1 and "--resume" in one_line_error(err)
-    code, text, _ = run_main(capsys, "train", *common, "--rounds", "2", "--resume")
-    assert code == 0 and "resuming" in text
+    code, _, log = run_main(capsys, "train", *common, "--rounds", "2", "--resume")
+    assert code == 0 and "resuming" in log
     lines = (out / "records.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [1, 2]
     assert "rounds = 2" in (out / "config.toml").read_text()
@@ -196,9 +200,9 @@ def test_resume_with_only_out_and_rounds_reads_the_runs_config(capsys, shared_da
         "--no-progress", "--rounds", "1", "--out", str(out),
     )  # fmt: skip
     assert code == 0
-    code, text, err = run_main(capsys, "train", "--out", str(out), "--rounds", "2", "--resume")
+    code, _, err = run_main(capsys, "train", "--out", str(out), "--rounds", "2", "--resume")
     assert code == 0, err
-    assert "resuming" in text and "rounds changed from 1 to 2" in text
+    assert "resuming" in err and "rounds changed from 1 to 2" in err
     lines = (out / "records.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [1, 2]
     saved = (out / "config.toml").read_text()

@@ -81,7 +81,9 @@ def test_records_hold_exact_byte_counts(shared_data, tmp_path):
         assert r["bytes_model"] == (CLIENTS - 1 if i == 1 else CLIENTS) * handoff
         assert r["bytes_up_total"] == i * up
         assert r["bytes_labels_total"] == i * labels
-        assert r["ratio_mean"] == r["ratio_min"] == r["ratio_max"] == 0.0
+        # standard SL has no pruning ratio (SPEC section 6) and sends every value
+        assert r["ratio_mean"] is None and r["ratio_min"] is None and r["ratio_max"] is None
+        assert r["kept_frac_mean"] == r["kept_frac_min"] == r["kept_frac_max"] == 1.0
         assert r["table2_bytes_up"] == pytest.approx(4.0 * SUBSET * d)
         assert r["bound_bytes_up"] is None and r["kept_counts"] is None
         assert 0 <= r["test_acc"] <= 1 and math.isfinite(r["train_loss"])
@@ -110,7 +112,8 @@ def test_same_seed_same_records_other_seed_other_records(shared_data, tmp_path):
     # every iteration keeps at least one channel, so the counts add up to more than T
     assert sum(kept["total"]) >= a.records[0]["iteration"]
     r = a.records[0]
-    assert 0.6 - 1 / 32 <= r["ratio_min"] <= r["ratio_mean"] <= r["ratio_max"] <= 0.8 + 1 / 32
+    assert 0.6 <= r["ratio_min"] <= r["ratio_mean"] <= r["ratio_max"] <= 0.8  # P_t, eq. 13
+    assert 0.2 - 1 / 32 <= r["kept_frac_min"] <= r["kept_frac_max"] <= 0.4 + 1 / 32
 
 
 class Killed(Exception):

@@ -48,7 +48,14 @@ def _records(
         down_total += down
         labels_total += 120
         model_total += 5000
-        ratios = [] if scheme == "standard" else [float(v) for v in rng.uniform(0.6, 0.8, ITERS)]
+        # realised fraction dropped per iteration (standard drops nothing)
+        dropped = [0.0] * ITERS if scheme == "standard" else list(rng.uniform(0.6, 0.8, ITERS))
+        dropped = [float(v) for v in dropped]
+        if new_fields:  # today's meanings: ratio_* = ACP-SL's P_t only, kept_frac_* for all
+            ratios = dropped if scheme == "acp" else []
+            kept = [1.0 - v for v in dropped]
+        else:  # records written before kept_frac_*: ratio_* = fraction dropped, every scheme
+            ratios, kept = dropped, []
         ratio = sum(ratios) / len(ratios) if ratios else None
         rec: dict[str, Any] = {
             "round": r,
@@ -74,6 +81,9 @@ def _records(
         }
         if new_fields:
             rec["ratios"] = ratios
+            rec["kept_frac_mean"] = sum(kept) / len(kept)
+            rec["kept_frac_min"] = min(kept)
+            rec["kept_frac_max"] = max(kept)
             rec["gen_error"] = rec["train_acc"] - rec["test_acc"]
         out.append(rec)
     return out
@@ -163,7 +173,7 @@ def test_report_writes_every_file_and_table_equals_records(tmp_path: Path) -> No
     for png in files.plots.values():
         raw = png.read_bytes()
         assert raw[:8] == b"\x89PNG\r\n\x1a\n"
-        assert len(raw) < 200_000
+        assert len(raw) < 600_000
 
     table = _read_csv(files.table_csv)
     assert [(r["panel"], r["label"]) for r in table] == [(p, lab) for p in PANELS for lab in LABELS]
@@ -206,12 +216,20 @@ def test_report_writes_every_file_and_table_equals_records(tmp_path: Path) -> No
                 / (sum(r["bytes_up"] for r in ref) / ROUNDS)
             )
         assert float(row["up_fraction"]) == pytest.approx(sum(fractions) / 3)
-        if row["label"] == "standard":
+        # mean pruning ratio: ACP-SL's P_t only (also from old records); kept fraction: all
+        if row["label"] != "acp":
             assert math.isnan(float(row["ratio_mean"]))
         else:
             ratios = [r["ratio_mean"] for recs in runs for r in recs]
             per_run = [sum(ratios[i * ROUNDS : (i + 1) * ROUNDS]) / ROUNDS for i in range(3)]
             assert float(row["ratio_mean"]) == pytest.approx(sum(per_run) / 3)
+        kept = [
+            r["kept_frac_mean"] if "kept_frac_mean" in r else 1.0 - r["ratio_mean"]
+            for recs in runs
+            for r in recs
+        ]
+        per_run = [sum(kept[i * ROUNDS : (i + 1) * ROUNDS]) / ROUNDS for i in range(3)]
+        assert float(row["kept_frac_mean"]) == pytest.approx(sum(per_run) / 3)
 
     per_run = _read_csv(files.runs_csv)
     assert len(per_run) == len(PANELS) * len(LABELS) * len(SEEDS)
@@ -276,7 +294,7 @@ def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_label_colors_are_stable_and_distinct() -> None:
     colors = label_colors(["acp-l0", "acp", "standard", "acp-random", "randtopk"])
-    assert colors["acp"] == "#d62728" and colors["standard"] == "#222222"
+    assert colors["acp"] == "#D55E00" and colors["standard"] == "#000000"
     assert len(set(colors.values())) == 5
     assert label_colors(["acp-l0", "acp", "standard", "acp-random", "randtopk"]) == colors
 
@@ -287,7 +305,7 @@ def _capture_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any
     figures: dict[str, dict[str, Any]] = {}
     real = plots._finish
 
-    def finish(fig: Any, path: Path, *, title: str, axes: Any) -> Path:
+    def finish(fig: Any, path: Path, *, title: str, axes: Any, **kw: Any) -> Path:
         panels = {}
         for ax in axes:
             panels[ax.get_title()] = {
@@ -302,11 +320,22 @@ def _capture_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any
                     for line in ax.get_lines()
                     if not line.get_label().startswith("_")
                 },
+                "raw": [
+                    [float(v) for v in line.get_ydata()]
+                    for line in ax.get_lines()
+                    if line.get_label() == "_raw"
+                ],
                 "bands": len(ax.collections),
             }
-        written = real(fig, path, title=title, axes=axes)
+        written = real(fig, path, title=title, axes=axes, **kw)
         legend = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else []
-        figures[path.name] = {"title": title, "panels": panels, "legend": legend}
+        caption = [t.get_text() for t in fig.texts if t is not fig._suptitle]
+        figures[path.name] = {
+            "title": title,
+            "panels": panels,
+            "legend": legend,
+            "caption": caption,
+        }
         return written
 
     monkeypatch.setattr(plots, "_finish", finish)
@@ -315,34 +344,40 @@ def _capture_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any
 
 def test_ratio_vs_iteration_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """P_t against the global iteration: one point per iteration from ``ratios``, the mean
-    over seeds; records without ``ratios`` fall back to one point per round."""
+    over seeds, drawn faint, with its rolling mean on top; records without ``ratios`` fall
+    back to one point per round. Only ACP-SL has a P_t (randtopk's old ratio_* are ignored)."""
     data = _write_grid(tmp_path)
     figures = _capture_figures(monkeypatch)
     files = write_report(tmp_path, plots=["ratio_iter"])
     assert set(files.plots) == {"ratio_iter"}
     fig = figures["ratio_vs_iteration.png"]
     assert "iteration" in fig["title"].lower() and "P_t" in fig["title"]
-    colors = label_colors(list(LABELS))
-    assert fig["legend"] == ["acp", "randtopk"]  # standard has no ratio: no line
+    assert fig["legend"] == ["ACP-SL"]  # standard and randtopk have no P_t: no line
+    (caption,) = fig["caption"]
+    assert "rolling mean over" in caption and "Faint" in caption and "band" in caption
+    color = plots.SCHEME_STYLES["acp"][0]
     for panel, title in PANELS.items():
         drawn = fig["panels"][title]
         assert "iteration" in drawn["xlabel"] and "%" in drawn["ylabel"]
-        assert set(drawn["lines"]) == {"acp", "randtopk"}
-        assert drawn["bands"] == 2  # min-max over seeds (or within rounds)
-        for label, (color, xs, ys) in drawn["lines"].items():
-            assert color == colors[label]
-            runs = [data[(panel, label, seed)] for seed in SEEDS]
-            if panel == OLD_PANEL:  # per round, at its last iteration
-                assert xs == [float(ITERS * r) for r in range(1, ROUNDS + 1)]
-                want = [
-                    100 * sum(recs[i]["ratio_mean"] for recs in runs) / len(SEEDS)
-                    for i in range(ROUNDS)
-                ]
-            else:  # every iteration of every round
-                assert xs == [float(i) for i in range(1, ITERS * ROUNDS + 1)]
-                per_seed = [[v for r in recs for v in r["ratios"]] for recs in runs]
-                want = [100 * sum(col) / len(SEEDS) for col in zip(*per_seed)]
-            assert ys == pytest.approx(want)
+        assert set(drawn["lines"]) == {"ACP-SL"}
+        assert drawn["bands"] == 1  # min-max over seeds (or within rounds)
+        line_color, xs, ys = drawn["lines"]["ACP-SL"]
+        assert line_color == color
+        runs = [data[(panel, "acp", seed)] for seed in SEEDS]
+        if panel == OLD_PANEL:  # per round, at its last iteration
+            assert xs == [float(ITERS * r) for r in range(1, ROUNDS + 1)]
+            want = [
+                100 * sum(recs[i]["ratio_mean"] for recs in runs) / len(SEEDS)
+                for i in range(ROUNDS)
+            ]
+        else:  # every iteration of every round
+            assert xs == [float(i) for i in range(1, ITERS * ROUNDS + 1)]
+            per_seed = [[v for r in recs for v in r["ratios"]] for recs in runs]
+            want = [100 * sum(col) / len(SEEDS) for col in zip(*per_seed)]
+        (raw,) = drawn["raw"]
+        assert raw == pytest.approx(want)
+        window = plots._ratio_window(len(want), 0 if panel == OLD_PANEL else ITERS)
+        assert ys == pytest.approx(plots.rolling_mean(want, window))
 
 
 def test_ratio_iteration_series_aligns_seeds_and_bands() -> None:
@@ -370,18 +405,19 @@ def test_generalization_error_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     plain, offset = figures["gen_gap.png"], figures["gen_gap_offset.png"]
     assert "generalization error" in plain["title"].lower()
     assert "0.5 x train acc - 0.2" in offset["title"] and "Fig. 4(b)" in offset["title"]
-    colors = label_colors(list(LABELS))
+    names = {"standard": "Standard SL", "acp": "ACP-SL", "randtopk": "RandTopk"}
+    colors = {label: plots.SCHEME_STYLES[label][0] for label in LABELS}
     for panel, title in PANELS.items():
         assert "0.5 x train acc - 0.2" in offset["panels"][title]["ylabel"]
         assert "train - test" in plain["panels"][title]["ylabel"]
         for label in LABELS:
             recs = [r for seed in SEEDS for r in data[(panel, label, seed)]]
             pts = sorted((100 * r["train_acc"], r["train_acc"] - r["test_acc"]) for r in recs)
-            color, xs, ys = plain["panels"][title]["lines"][label]
+            color, xs, ys = plain["panels"][title]["lines"][names[label]]
             assert color == colors[label]
             assert xs == pytest.approx([x for x, _ in pts])
             assert ys == pytest.approx([100 * g for _, g in pts])
-            _, xs, ys = offset["panels"][title]["lines"][label]
+            _, xs, ys = offset["panels"][title]["lines"][names[label]]
             assert xs == pytest.approx([x for x, _ in pts])
             assert ys == pytest.approx([100 * (g - (0.5 * x / 100 - 0.2)) for x, g in pts])
 
@@ -442,7 +478,7 @@ def test_report_of_a_real_grid_equals_its_records(
     assert len(acp["ratios"]) == 4 and acp["ratio_mean"] == pytest.approx(
         sum(acp["ratios"]) / 4
     )  # 64 samples / batch 16: 4 iterations a round
-    assert not any(records[("standard", 0)][0]["ratios"])  # never prunes: [] or zeros
+    assert records[("standard", 0)][0]["ratios"] == []  # no pruning ratio (SPEC section 6)
     assert "ratio_iter" in files.plots and "gen_gap_offset" in files.plots
 
     table = {r["label"]: r for r in _read_csv(files.table_csv)}
@@ -454,7 +490,9 @@ def test_report_of_a_real_grid_equals_its_records(
         mean, std = _naive_mean_std([recs[-1]["test_acc"] for recs in runs])
         assert float(row["final_acc_mean"]) == pytest.approx(mean, abs=1e-12)
         assert float(row["final_acc_std"]) == pytest.approx(std, abs=1e-12)
-        assert f"| {label} | 2 | {100 * mean:.2f} ± {100 * std:.2f} |" in md
+        name = {"standard": "Standard SL", "acp": "ACP-SL"}[label]
+        assert row["name"] == name
+        assert f"| {name} | 2 | {100 * mean:.2f} ± {100 * std:.2f} |" in md
         for target in targets:
             key = f"{100 * target:g}"
             rounds, cut = [], []
@@ -475,3 +513,118 @@ def test_report_of_a_real_grid_equals_its_records(
             assert float(row[f"cut_bytes_to_{key}_mean"]) == pytest.approx(m)
             assert float(row[f"cut_bytes_to_{key}_std"]) == pytest.approx(sd)
     assert reached_any  # the checks above compared real numbers at least once
+
+
+#: Every built-in scheme plus ACP-SL's ablations: the most curves a figure of ours shows.
+_MANY = [
+    ("standard", "standard", {}),
+    ("acp", "acp", {}),
+    ("randtopk", "randtopk", {}),
+    ("topk", "topk", {}),
+    ("sizered", "sizered", {}),
+    ("quant", "quant", {}),
+    ("l1", "l1", {}),
+    ("dropgroup", "dropgroup", {}),
+    ("acp-l0", "acp", {"scorer": "l0"}),
+    ("acp-randscore", "acp", {"scorer": "random"}),
+    ("acp-fixed", "acp", {"ratio": "fixed"}),
+    ("acp-randratio", "acp", {"ratio": "random"}),
+    ("acp-inst", "acp", {"score_mode": "inst"}),
+    ("acp-paper", "acp", {"group_score": "paper"}),
+]
+
+
+def test_styles_are_distinct_in_colour_and_marker() -> None:
+    from acpsl.experiments.names import display_name
+
+    styles = plots.label_styles([(lab, s, display_name(s, p)) for lab, s, p in _MANY])
+    assert len({st.color for st in styles.values()}) == len(_MANY)
+    assert len({(st.marker, st.linestyle) for st in styles.values()}) == len(_MANY)
+    assert len({st.name for st in styles.values()}) == len(_MANY)
+    topk, randtopk = styles["topk"], styles["randtopk"]
+    assert topk.color != randtopk.color and topk.marker != randtopk.marker
+    assert topk.linestyle != randtopk.linestyle
+    assert styles["acp-l0"].name == "ACP-SL, ℓ0 scores"
+
+
+def test_figures_for_a_paper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Formats and DPI; a legend of 14 schemes below the panels, outside every axes and
+    inside the saved area; a caption line; integer round ticks; labelled target lines."""
+    from matplotlib.image import imread
+
+    from acpsl.experiments.names import display_name
+
+    rng = np.random.RandomState(0)
+    styles = plots.label_styles([(lab, s, display_name(s, p)) for lab, s, p in _MANY])
+    panels = [
+        (
+            title,
+            {lab: [_records(rng, scheme="acp", rounds=7) for _ in SEEDS] for lab, _, _ in _MANY},
+        )
+        for title in PANELS.values()
+    ]
+    seen: dict[str, Any] = {}
+    real = plots._finish
+
+    def finish(fig: Any, path: Path, **kw: Any) -> Path:
+        written = real(fig, path, **kw)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(fig)  # the last savefig (SVG) left another canvas
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        saved = fig.get_tightbbox(renderer)  # inches: what bbox_inches="tight" keeps
+        legend = fig.legends[0].get_window_extent(renderer)
+        seen.update(fig=fig, saved=saved, legend=legend, dpi=fig.dpi, renderer=renderer)
+        return written
+
+    monkeypatch.setattr(plots, "_finish", finish)
+    out = plots.plot_curves(
+        panels,
+        kind="acc_round",
+        path=tmp_path / "acc.png",
+        title="Test accuracy vs round",
+        styles=styles,
+        targets=[0.5, 0.8],
+        formats=["png", "pdf", "svg"],
+        dpi=120,
+    )
+    assert out == tmp_path / "acc.png"
+    for fmt in ("png", "pdf", "svg"):
+        assert (tmp_path / f"acc.{fmt}").stat().st_size > 0
+    assert (tmp_path / "acc.pdf").read_bytes()[:4] == b"%PDF"
+    assert b"<svg" in (tmp_path / "acc.svg").read_bytes()[:1000]
+    fig = seen["fig"]
+    legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend_texts == [styles[lab].name for lab, _, _ in _MANY]
+    # the legend is inside the saved area and overlaps no axes
+    saved, legend, dpi = seen["saved"], seen["legend"], seen["dpi"]
+    assert saved.y0 * dpi <= legend.y0 and legend.y1 <= saved.y1 * dpi
+    assert saved.x0 * dpi <= legend.x0 and legend.x1 <= saved.x1 * dpi
+    for ax in fig.axes:
+        assert not ax.get_window_extent(seen["renderer"]).overlaps(legend)
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 7]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+        labels = [t.get_text() for t in ax.texts]
+        assert labels == ["target 50%", "target 80%"]
+    caption = [t.get_text() for t in fig.texts if t is not fig._suptitle]
+    assert caption == ["Lines: mean over 3 seeds; shaded band: the seeds' range (min-max)."]
+    # the PNG holds the whole tight area (plus its padding) at the DPI asked for, 120
+    height, width = imread(tmp_path / "acc.png").shape[:2]
+    assert abs(width - (saved.width + 0.3) * 120) <= 3
+    assert abs(height - (saved.height + 0.3) * 120) <= 3
+
+
+def test_report_cli_formats_and_dpi(tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    _write_grid(tmp_path)
+    argv = ["report", str(tmp_path), "--plots", "acc_round", "--format", "png,svg", "--dpi", "100"]
+    assert cli_main(argv) == 0
+    png, svg = tmp_path / "report" / "acc_vs_round.png", tmp_path / "report" / "acc_vs_round.svg"
+    assert svg.exists() and not (tmp_path / "report" / "acc_vs_round.pdf").exists()
+    small = imread(png).shape
+    assert cli_main([*argv[:-1], "200"]) == 0
+    big = imread(png).shape
+    assert big[0] == pytest.approx(2 * small[0], abs=4)  # twice the DPI, twice the pixels
+    assert cli_main(["report", str(tmp_path), "--format", "gif"]) == 2

@@ -121,7 +121,12 @@ def test_client_options_reject_bad_address() -> None:
 
 def test_turn_statistics_are_validated() -> None:
     stats = _parse_stats(json.dumps({"ratio": [0.5, 0.75], "table2_bytes": [10]}))
-    assert stats == {"ratio": [0.5, 0.75], "table2_bytes": [10.0], "bound_bytes": []}
+    assert stats == {
+        "ratio": [0.5, 0.75],
+        "p_target": [],  # ACP-SL's P_t, per iteration; absent for the other schemes
+        "table2_bytes": [10.0],
+        "bound_bytes": [],
+    }
     for bad in ("{", "[]", json.dumps({"ratio": "x"}), '{"ratio": [NaN]}', '{"ratio": [true]}'):
         with pytest.raises(PayloadError, match="turn statistics"):
             _parse_stats(bad)

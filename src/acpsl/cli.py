@@ -6,6 +6,13 @@ subcommand parsers, each with ``set_defaults(func=callable(args) -> int | None)`
 left without ``func`` runs the module's ``run(args)``. Plug-ins are imported lazily, and one
 that is not installed (an optional extra such as the gRPC transport) is skipped.
 
+Logging: every subcommand takes ``-v`` / ``-q`` / ``--log-level``; the library logs through
+:mod:`logging` and :func:`acpsl.logs.configure` sends those lines to stderr, once each.
+Results (tables, the files written) are printed to stdout by the subcommands.
+
+The parser is built without importing PyTorch or gRPC (the plug-ins import them when a
+command runs), so ``acpsl --help`` and ``acpsl presets`` start fast.
+
 Errors: an :class:`~acpsl.errors.AcpslError` is printed as one line ``acpsl: error: ...`` on
 stderr with its ``exit_code`` (2 for usage errors, 1 for runtime failures), argparse's own
 usage errors exit 2, a stray :class:`OSError` (a file that cannot be read or written) is
@@ -23,6 +30,7 @@ from types import ModuleType
 
 from acpsl import __version__
 from acpsl.errors import AcpslError, os_error_reason
+from acpsl.logs import add_log_arguments, configure_from_args
 
 #: Modules that add subcommands, in the order their commands are listed.
 PLUGINS: tuple[str, ...] = (
@@ -61,10 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         before = set(subparsers.choices)
         module.add_parser(subparsers)
         fallback = getattr(module, "run", None)
-        for command in set(subparsers.choices) - before:
+        for command in sorted(set(subparsers.choices) - before):
             sub = subparsers.choices[command]
             if sub.get_default("func") is None and fallback is not None:
                 sub.set_defaults(func=fallback)
+            add_log_arguments(sub)  # -v / -q / --log-level on every command
     return parser
 
 
@@ -75,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:  # pragma: no cover - every registered subcommand sets one
         parser.error(f"subcommand {args.command!r} has nothing to run")
+    configure_from_args(args)
     try:
         code = func(args)
     except AcpslError as exc:

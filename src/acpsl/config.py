@@ -26,6 +26,15 @@ MODES = ("sequential", "splitfed")
 PARTITIONS = ("iid", "dirichlet")
 OPTIMIZERS = ("sgd", "adam")
 STEMS = ("imagenet", "cifar")
+#: The schemes and models acpsl itself registers, in registration order, written here so a
+#: configuration is checked without importing them (they import PyTorch); a test keeps these
+#: equal to the registries. A name not listed is looked up in the registry (a user's
+#: ``acpsl.schemes.register`` / ``acpsl.models.register``); a ``MODULE:FUNCTION`` plug-in
+#: reference is left to the plug-in loader.
+BUILTIN_SCHEMES = ("standard", "acp", "randtopk", "topk", "sizered", "quant", "l1", "dropgroup")
+BUILTIN_MODELS = ("resnet18", "resnet20", "smallcnn")
+#: Per-step metric loggers a run may write beside ``records.jsonl`` (``acpsl.engine.metrics``).
+LOGGERS = ("csv", "tensorboard")
 
 
 def default_data_dir() -> str:
@@ -64,6 +73,13 @@ class TrainConfig:
         target_acc: test accuracies (in [0, 1]) whose rounds and bytes to reach are reported.
         eval_uncompressed: evaluate on the test set without compressing the cut.
         progress: show progress bars.
+        loggers: per-step metrics to write beside ``records.jsonl``: ``csv``
+            (``metrics.csv``) and/or ``tensorboard`` (``tensorboard/``, an optional extra).
+
+    Raises:
+        ConfigError: an invalid value, or an unknown scheme or model name (checked when the
+            configuration is built; ``MODULE:FUNCTION`` plug-in names are checked when
+            loaded).
     """
 
     scheme: str = "standard"
@@ -91,6 +107,7 @@ class TrainConfig:
     target_acc: tuple[float, ...] = ()
     eval_uncompressed: bool = False
     progress: bool = True
+    loggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.data_dir, os.PathLike):
@@ -110,6 +127,12 @@ class TrainConfig:
                 )
         object.__setattr__(self, "scheme_params", dict(self.scheme_params))
         object.__setattr__(self, "target_acc", tuple(float(a) for a in targets))
+        loggers = self.loggers
+        if isinstance(loggers, str):
+            loggers = tuple(n.strip() for n in loggers.split(",") if n.strip())
+        if not isinstance(loggers, (list, tuple)) or not all(isinstance(n, str) for n in loggers):
+            raise ConfigError(f"invalid loggers={self.loggers!r}: a list of {', '.join(LOGGERS)}")
+        object.__setattr__(self, "loggers", tuple(dict.fromkeys(loggers)))
         self.validate()
 
     def validate(self) -> None:
@@ -172,6 +195,13 @@ class TrainConfig:
                 raise bad("target_acc", acc, "target accuracies are fractions in (0, 1]")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", self.seed, "must be a non-negative integer")
+        for name in self.loggers:
+            if name not in LOGGERS:
+                raise bad("loggers", name, f"choose from {', '.join(LOGGERS)}")
+        for kind, name in (("scheme", self.scheme), ("model", self.model)):
+            known = _known_names(kind, name)
+            if known is not None:
+                raise ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(known)}")
 
     # ------------------------------------------------------------------------------ I/O
     def replace(self, **changes: Any) -> TrainConfig:
@@ -213,6 +243,8 @@ class TrainConfig:
         if "target_acc" in kwargs:
             value = kwargs["target_acc"]
             kwargs["target_acc"] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        if isinstance(kwargs.get("loggers"), list):
+            kwargs["loggers"] = tuple(kwargs["loggers"])
         try:
             return cls(**kwargs)
         except ConfigError:
@@ -240,6 +272,21 @@ _STR_FIELDS = (
 )
 _BOOL_FIELDS = ("download", "eval_uncompressed", "progress")
 _FLOAT_FIELDS = ("beta", "lr", "momentum", "weight_decay")
+
+
+def _known_names(kind: str, name: str) -> list[str] | None:
+    """``None`` when ``name`` is a valid ``kind`` ("scheme" or "model") name, else the names
+    to choose from. Built-in names and ``MODULE:FUNCTION`` plug-in references are accepted
+    without importing anything; another name is looked up in the registry."""
+    builtin = BUILTIN_SCHEMES if kind == "scheme" else BUILTIN_MODELS
+    if name in builtin or ":" in name:
+        return None
+    if kind == "scheme":
+        from acpsl.schemes import names
+    else:
+        from acpsl.models import names
+    known = names()
+    return None if name in known else known
 
 
 def _is_number(value: Any) -> bool:

@@ -4,7 +4,15 @@ Every function takes *panels*: a sequence of ``(panel title, {label: [records of
 records of seed 1, ...]})`` where a run's records are the dicts of its ``records.jsonl``
 (SPEC section 7 field names). One figure has one subplot per panel and one curve per label
 (the mean over seeds, with the seeds' min-max range shaded when there are several), and a
-label has the same colour in every figure of a report (:func:`label_colors`).
+label has the same :class:`Style` (display name, colour, marker, line style) in every figure
+of a report (:func:`label_styles`).
+
+Figures are made for a paper: the legend sits below the panels, outside the axes, in as many
+rows as the schemes need (never clipped); round axes have integer ticks; a caption line under
+the title says what the lines and shaded bands are; target accuracies are labelled lines;
+colours are the colour-blind-safe Okabe-Ito palette, each scheme also with its own marker, so
+curves stay apart in greyscale too. Each figure is written in every format asked for (PNG,
+PDF, SVG) at the DPI asked for (PNG, default 200).
 
 Matplotlib is imported inside the functions, with the non-interactive Agg backend, so the
 core package imports without it and plotting never needs a display.
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,35 +31,53 @@ from acpsl.engine.records import gen_error as records_gen_error
 Records = Sequence[Mapping[str, Any]]
 PanelData = tuple[str, Mapping[str, Sequence[Records]]]
 
-#: Fixed colours of the papers' schemes, so that e.g. ACP-SL is red in every report.
-KNOWN_COLORS = {
-    "standard": "#222222",
-    "acp": "#d62728",
-    "randtopk": "#1f77b4",
-    "topk": "#17becf",
-    "sizered": "#8c564b",
-    "quant": "#2ca02c",
-    "l1": "#9467bd",
+#: Figure formats ``acpsl report --format`` writes, and the default PNG resolution.
+FORMATS = ("png", "pdf", "svg")
+DEFAULT_DPI = 200
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one label is drawn: its display name, colour, marker and line style."""
+
+    name: str
+    color: str
+    marker: str
+    linestyle: str = "-"
+
+
+#: Fixed styles of the schemes (Okabe-Ito colours), so that ACP-SL looks the same in every
+#: report; top-k and RandTopk differ in colour, marker and line style.
+SCHEME_STYLES: dict[str, tuple[str, str, str]] = {
+    "standard": ("#000000", "o", "-"),
+    "acp": ("#D55E00", "s", "-"),
+    "randtopk": ("#0072B2", "^", "-"),
+    "topk": ("#E69F00", "v", "--"),
+    "sizered": ("#CC79A7", "D", "-."),
+    "quant": ("#009E73", "P", "-"),
+    "l1": ("#56B4E9", "X", ":"),
+    "dropgroup": ("#7F7F7F", "*", "-."),
 }
-#: Colours handed out, in order, to labels without a fixed one.
+#: Colours of the scheme styles, by scheme (what :func:`label_colors` gives scheme labels).
+KNOWN_COLORS = {name: style[0] for name, style in SCHEME_STYLES.items()}
+#: Colours and markers handed out, in order, to labels without a fixed style (ablations,
+#: a second variant of a scheme); distinct from the schemes' and from each other.
 _CYCLE = (
-    "#ff7f0e",
-    "#1f77b4",
-    "#2ca02c",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#bcbd22",
-    "#17becf",
-    "#7f7f7f",
-    "#d62728",
-    "#aec7e8",
-    "#ffbb78",
-    "#98df8a",
-    "#c5b0d5",
-    "#c49c94",
-    "#f7b6d2",
+    "#8C564B",
+    "#9467BD",
+    "#17BECF",
+    "#BCBD22",
+    "#E377C2",
+    "#A50026",
+    "#7570B3",
+    "#A6761D",
+    "#666666",
+    "#F0E442",
+    "#D62728",
+    "#1F77B4",
 )
+_MARKERS = ("h", "p", "<", ">", "d", "8", "H", "x", "+", "1", "2", "3")
+_LINESTYLES = ("--", "-.", ":", "-")
 #: Plot kinds and the file each writes.
 FILES = {
     "acc_round": "acc_vs_round.png",
@@ -69,22 +96,45 @@ GEN_OFFSET_SLOPE = 0.5
 GEN_OFFSET_INTERCEPT = -0.2
 
 
-def label_colors(labels: Sequence[str]) -> dict[str, str]:
-    """One colour per label: the scheme's fixed colour when the label is a scheme name, else
-    the next unused colour of a fixed cycle (so the mapping depends only on ``labels``)."""
-    colors: dict[str, str] = {}
-    used: set[str] = set()
-    for label in labels:
-        if label in KNOWN_COLORS and label not in colors:
-            colors[label] = KNOWN_COLORS[label]
-            used.add(KNOWN_COLORS[label])
-    cycle = [c for c in _CYCLE if c not in used] + [c for c in _CYCLE if c in used]
+def label_styles(entries: Sequence[tuple[str, str, str]]) -> dict[str, Style]:
+    """One :class:`Style` per label, from ``(label, scheme, display name)`` entries.
+
+    A scheme's main label (the one named like the scheme, else its first) gets the scheme's
+    fixed style; every other label (an ablation, a second variant) gets the next unused
+    colour, marker and line style of a fixed cycle, so the mapping depends only on
+    ``entries`` and no two labels look alike.
+    """
+    styles: dict[str, Style] = {}
+    main: dict[str, str] = {}
+    for label, scheme, _name in entries:
+        if scheme in SCHEME_STYLES:
+            if label == scheme:
+                main[scheme] = label
+            else:
+                main.setdefault(scheme, label)
     i = 0
-    for label in labels:
-        if label not in colors:
-            colors[label] = cycle[i % len(cycle)]
+    for label, scheme, name in entries:
+        if label in styles:
+            continue
+        if main.get(scheme) == label:
+            color, marker, linestyle = SCHEME_STYLES[scheme]
+        else:
+            color = _CYCLE[i % len(_CYCLE)]
+            marker = _MARKERS[i % len(_MARKERS)]
+            linestyle = _LINESTYLES[i % len(_LINESTYLES)]
             i += 1
-    return colors
+        styles[label] = Style(name=name, color=color, marker=marker, linestyle=linestyle)
+    return styles
+
+
+def label_colors(labels: Sequence[str]) -> dict[str, str]:
+    """One colour per label, treating each label as a scheme name (see :func:`label_styles`)."""
+    styles = label_styles([(label, label, label) for label in labels])
+    return {label: style.color for label, style in styles.items()}
+
+
+def _style(styles: Mapping[str, Style], label: str) -> Style:
+    return styles.get(label) or Style(name=label, color="#444444", marker="o")
 
 
 def cut_bytes(record: Mapping[str, Any]) -> int:
@@ -155,8 +205,9 @@ def _gap(record: Mapping[str, Any]) -> float | None:
     return None if gap is None else 100.0 * gap
 
 
-def _legend(fig: Any, axes: Sequence[Any]) -> int:
-    """One legend for the whole figure, below the panels; returns its number of rows."""
+def _legend(fig: Any, axes: Sequence[Any]) -> Any:
+    """One legend for the whole figure, hanging below the panels (outside every axes, so
+    it never hides a curve, in as many rows as it needs); ``None`` without curves."""
     handles, labels = [], []
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -164,24 +215,140 @@ def _legend(fig: Any, axes: Sequence[Any]) -> int:
                 handles.append(h)
                 labels.append(lab)
     if not handles:
-        return 0
-    ncol = min(len(labels), 6)
-    fig.legend(
-        handles, labels, loc="lower center", ncol=ncol, frameon=False, bbox_to_anchor=(0.5, 0.0)
+        return None
+    longest = max(len(lab) for lab in labels)
+    # about 5.5 pt per character at 9 pt, plus the handle: as many columns as fit the width
+    per_row = max(1, int(fig.get_figwidth() * 72 / (5.5 * longest + 40)))
+    ncol = max(1, min(len(labels), per_row, 6))
+    return fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=ncol,
+        frameon=False,
+        fontsize=9,
     )
-    return math.ceil(len(labels) / ncol)
 
 
-def _finish(fig: Any, path: Path, *, title: str, axes: Sequence[Any]) -> Path:
+def seed_caption(panels: Sequence[PanelData]) -> str:
+    """What a curve and its shaded band are: the mean over the seeds and their range."""
+    counts = sorted({len(runs) for _, by_label in panels for runs in by_label.values()})
+    if not counts or counts[-1] <= 1:
+        return "One seed per curve (no band)."
+    seeds = f"{counts[-1]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"Lines: mean over {seeds} seeds; shaded band: the seeds' range (min-max)."
+
+
+def _finish(
+    fig: Any,
+    path: Path,
+    *,
+    title: str,
+    axes: Sequence[Any],
+    caption: str = "",
+    formats: Sequence[str] = ("png",),
+    dpi: int = DEFAULT_DPI,
+) -> Path:
+    """Title, legend and caption line, then write ``path`` in every format of ``formats``
+    (``path``'s suffix is replaced); returns the first file written.
+
+    The legend and the caption hang below the panels, outside the figure's frame; the
+    saved area is grown to hold them and the title (``bbox_inches="tight"``), so none is
+    ever clipped, whatever the number of schemes.
+    """
     fig.suptitle(title, fontsize=12)
-    legend_rows = _legend(fig, axes)
-    # room at the bottom for the legend: about 0.3 inch per legend row
-    bottom = min(0.4, (0.3 * legend_rows + 0.1) / fig.get_figheight())
-    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.tight_layout()
+    legend = _legend(fig, axes)
+    if caption:
+        import textwrap
+
+        # wrapped to the figure's width (about 15 characters of 9 pt per inch)
+        caption = textwrap.fill(caption, width=max(40, int(fig.get_figwidth() * 15)))
+        fig.canvas.draw()  # the legend's size is known only once drawn
+        bottom = 0.0
+        if legend is not None:
+            box = legend.get_window_extent().transformed(fig.transFigure.inverted())
+            bottom = box.y0
+        fig.text(0.5, bottom - 0.01, caption, ha="center", va="top", fontsize=9, color="#333333")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    written = []
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown figure format {fmt!r}; choose from {', '.join(FORMATS)}")
+        target = path.with_suffix(f".{fmt}")
+        fig.savefig(
+            target,
+            dpi=dpi,
+            bbox_inches="tight",
+            pad_inches=0.15,
+            metadata={"Software": None} if fmt == "png" else None,
+        )
+        written.append(target)
     _pyplot().close(fig)
-    return path
+    return written[0]
+
+
+def _draw(ax: Any, xs: Sequence[float], ys: Sequence[float], style: Style, **kw: Any) -> None:
+    """One curve with its label's colour, marker (about ten per curve) and line style."""
+    every = max(1, len(xs) // 10)
+    ax.plot(
+        xs,
+        ys,
+        label=style.name,
+        color=style.color,
+        marker=style.marker,
+        markevery=every,
+        ms=4.5,
+        lw=1.6,
+        ls=style.linestyle,
+        **kw,
+    )
+
+
+def _target_lines(ax: Any, targets: Sequence[float]) -> None:
+    """Dotted horizontal lines at the target accuracies, each labelled at its right end."""
+    for target in targets:
+        y = 100 * target
+        ax.axhline(y, color="#777777", ls=":", lw=1)
+        ax.annotate(
+            f"target {y:g}%",
+            xy=(0.0, y),
+            xycoords=("axes fraction", "data"),
+            xytext=(3, 2),
+            textcoords="offset points",
+            ha="left",
+            va="bottom",
+            fontsize=8,
+            color="#555555",
+        )
+
+
+def _integer_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def rolling_mean(values: Sequence[float], window: int) -> list[float]:
+    """Centred moving average over ``window`` points (shrinking at the ends)."""
+    n, half = len(values), max(0, window // 2)
+    prefix = [0.0]
+    for v in values:
+        prefix.append(prefix[-1] + v)
+    out = []
+    for i in range(n):
+        lo, hi = max(0, i - half), min(n, i + half + 1)
+        out.append((prefix[hi] - prefix[lo]) / (hi - lo))
+    return out
+
+
+def _ratio_window(points: int, per_round: int = 0) -> int:
+    """Iterations per rolling mean of the P_t trace: about 1/25 of it, and at least a quarter
+    of a round (longer than one client's turn in a 5-client round, so the step pattern of
+    each client's first batches averages out); odd, 1 to 201."""
+    window = max(1, min(201, max(points // 25, per_round // 4 + 1 if per_round else 1)))
+    return window if window % 2 else window + 1
 
 
 def plot_curves(
@@ -190,8 +357,11 @@ def plot_curves(
     kind: str,
     path: str | Path,
     title: str,
-    colors: Mapping[str, str],
+    styles: Mapping[str, Style] | None = None,
+    colors: Mapping[str, str] | None = None,
     targets: Sequence[float] = (),
+    formats: Sequence[str] = ("png",),
+    dpi: int = DEFAULT_DPI,
 ) -> Path | None:
     """One line per label and panel for a curve ``kind``.
 
@@ -199,18 +369,22 @@ def plot_curves(
         panels: the grid's data (see the module docstring).
         kind: ``acc_round`` (test accuracy vs round), ``acc_bytes`` (test accuracy vs
             cumulative cut bytes, log axis), ``loss_round`` (training loss vs round),
-            ``ratio_round`` (pruning ratio vs round: mean line, min-max band),
-            ``ratio_iter`` (pruning ratio ``P_t`` vs global iteration, from the records'
-            ``ratios``; see :func:`ratio_iteration_series`), ``gen_gap`` (generalization
-            error, train minus test accuracy, vs train accuracy) or ``gen_gap_offset`` (the
-            same minus ``0.5 * train_acc - 0.2``, as the RandTopk paper's Fig. 4(b) plots it).
-        path: the PNG to write.
+            ``ratio_round`` (ACP-SL's pruning ratio ``P_t`` vs round: mean line, band from the
+            round's min to max), ``ratio_iter`` (``P_t`` vs global iteration, from the
+            records' ``ratios``: the raw trace faint, a rolling mean solid; see
+            :func:`ratio_iteration_series`), ``gen_gap`` (generalization error, train minus
+            test accuracy, vs train accuracy) or ``gen_gap_offset`` (the same minus
+            ``0.5 * train_acc - 0.2``, as the RandTopk paper's Fig. 4(b) plots it).
+        path: the file to write (its suffix is replaced by each of ``formats``).
         title: the figure's title.
-        colors: label -> colour (use :func:`label_colors` over the whole report).
-        targets: accuracies drawn as dotted horizontal lines on accuracy plots.
+        styles: label -> :class:`Style` (use :func:`label_styles` over the whole report).
+        colors: label -> colour, for labels without a style (older callers).
+        targets: accuracies drawn as labelled dotted lines on accuracy plots.
+        formats: figure formats to write (``png``, ``pdf``, ``svg``).
+        dpi: resolution of the PNG.
 
     Returns:
-        ``path``, or ``None`` when no run has data for this kind (nothing written).
+        The first file written, or ``None`` when no run has data for this kind.
     """
     specs = {
         "acc_round": ("round", "test_acc", "round", "test accuracy (%)", 100.0),
@@ -222,7 +396,7 @@ def plot_curves(
             100.0,
         ),
         "loss_round": ("round", "train_loss", "round", "training loss (cross-entropy)", 1.0),
-        "ratio_round": ("round", "ratio_mean", "round", "pruning ratio (%)", 100.0),
+        "ratio_round": ("round", "ratio_mean", "round", "pruning ratio P_t (%)", 100.0),
         "ratio_iter": (
             "iteration",
             "ratios",
@@ -248,9 +422,13 @@ def plot_curves(
     if kind not in specs:
         raise ValueError(f"unknown plot kind {kind!r}; choose one of {', '.join(specs)}")
     xkey, ykey, xlabel, ylabel, scale = specs[kind]
+    all_styles = dict(styles or {})
+    for label, color in (colors or {}).items():
+        all_styles.setdefault(label, Style(name=label, color=color, marker="o"))
     plt = _pyplot()
     fig, axes = _grid(plt, len(panels))
     drawn = False
+    windows: set[int] = set()
     for ax, (panel_title, runs_by_label) in zip(axes, panels):
         for label, runs in runs_by_label.items():
             if kind in ("gen_gap", "gen_gap_offset"):
@@ -262,18 +440,34 @@ def plot_curves(
             if series is None:
                 continue
             xs, mean, lo, hi = series
-            if kind in ("ratio_round", "ratio_iter") and not any(mean):
-                continue  # schemes that never prune (standard, quant) would sit on 0
-            color = colors.get(label, "#444444")
-            ax.plot(
-                xs,
-                [v * scale for v in mean],
-                label=label,
-                color=color,
-                lw=1.8,
-                marker="o" if len(xs) <= 12 else None,
-                ms=3,
-            )
+            style = _style(all_styles, label)
+            ys = [v * scale for v in mean]
+            if kind == "ratio_iter":
+                per_round = max(
+                    (len(r.get("ratios") or []) for records in runs for r in records), default=0
+                )
+                window = _ratio_window(len(xs), per_round)
+                windows.add(window)
+                # every iteration, faint (with several clients it zig-zags between their
+                # batches; fainter the more curves share the panel); the rolling mean on
+                # top is what the eye follows, and the seeds' band is smoothed alike
+                faint = max(0.08, 0.35 / max(1.0, len(runs_by_label) / 2))
+                ax.plot(xs, ys, color=style.color, lw=0.6, alpha=faint, label="_raw")
+                _draw(ax, xs, rolling_mean(ys, window), style)
+                lo, hi = rolling_mean(lo, window), rolling_mean(hi, window)
+            elif kind in ("gen_gap", "gen_gap_offset"):
+                ax.plot(
+                    xs,
+                    ys,
+                    label=style.name,
+                    color=style.color,
+                    marker=style.marker,
+                    ms=4,
+                    lw=0,
+                    alpha=0.8,
+                )
+            else:
+                _draw(ax, xs, ys, style)
             if kind == "ratio_round":
                 lo, hi = _ratio_band(runs)
             if any(a != b for a, b in zip(lo, hi)):
@@ -281,16 +475,17 @@ def plot_curves(
                     xs,
                     [v * scale for v in lo],
                     [v * scale for v in hi],
-                    color=color,
+                    color=style.color,
                     alpha=0.15,
                     lw=0,
                 )
             drawn = True
         if kind in ("acc_round", "acc_bytes"):
-            for target in targets:
-                ax.axhline(100 * target, color="#888888", ls=":", lw=1)
+            _target_lines(ax, targets)
         if kind == "acc_bytes":
             _log_axis(ax)
+        elif xkey in ("round", "iteration"):
+            _integer_ticks(ax)
         if kind in ("gen_gap", "gen_gap_offset"):
             ax.axhline(0.0, color="#888888", ls=":", lw=1)
         ax.set_title(panel_title, fontsize=10)
@@ -300,7 +495,49 @@ def plot_curves(
     if not drawn:
         plt.close(fig)
         return None
-    return _finish(fig, Path(path), title=title, axes=axes)
+    caption = _caption(kind, panels, windows)
+    return _finish(
+        fig, Path(path), title=title, axes=axes, caption=caption, formats=formats, dpi=dpi
+    )
+
+
+def _caption(kind: str, panels: Sequence[PanelData], windows: set[int]) -> str:
+    """The caption line of a curve figure: what its lines and shaded bands are."""
+    seeds = seed_caption(panels)
+    if kind == "ratio_round":
+        if "range" not in seeds:
+            return (
+                "One seed per curve; shaded band: smallest to largest P_t of the round's "
+                "iterations."
+            )
+        return (
+            seeds.split(";")[0]
+            + "; shaded band: smallest to largest P_t of the round's iterations over the seeds."
+        )
+    if kind == "ratio_iter":
+        sizes = sorted(windows) or [1]
+        window = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+        old = any(
+            r.get("ratios") is None and r.get("ratio_mean") is not None
+            for _, by_label in panels
+            for runs in by_label.values()
+            for records in runs
+            for r in records
+        )
+        if old:
+            band = "shaded band: the round's min-max (records without per-iteration P_t)"
+        elif "range" in seeds:
+            band = "shaded band: the seeds' range (min-max)"
+        else:
+            band = "one seed: no band"
+        return (
+            f"Faint: P_t at every iteration (mean over seeds; with several clients it "
+            f"alternates between their batches); solid: rolling mean over {window} "
+            f"iterations; {band}."
+        )
+    if kind in ("gen_gap", "gen_gap_offset"):
+        return "One point per round and seed."
+    return seeds
 
 
 def _log_axis(ax: Any) -> None:
@@ -404,13 +641,16 @@ def plot_kept_hist(
     *,
     path: str | Path,
     title: str,
-    colors: Mapping[str, str],
+    styles: Mapping[str, Style] | None = None,
+    colors: Mapping[str, str] | None = None,
+    formats: Sequence[str] = ("png",),
+    dpi: int = DEFAULT_DPI,
 ) -> Path | None:
     """How often each cut-layer channel was kept during training, from the last record's
     ``kept_counts`` (cumulative, summed over clients), summed over seeds.
 
     Returns:
-        ``path``, or ``None`` when no run recorded ``kept_counts``.
+        The first file written, or ``None`` when no run recorded ``kept_counts``.
     """
     counts: list[tuple[str, dict[str, list[list[float]]]]] = []
     for panel_title, runs_by_label in panels:
@@ -425,7 +665,14 @@ def plot_kept_hist(
                 per_label[label] = found
         counts.append((panel_title, per_label))
     return plot_count_hist(
-        counts, path=path, title=title, colors=colors, xlabel="channel rank (most often kept first)"
+        counts,
+        path=path,
+        title=title,
+        styles=styles,
+        colors=colors,
+        xlabel="channel rank (most often kept first)",
+        formats=formats,
+        dpi=dpi,
     )
 
 
@@ -434,8 +681,11 @@ def plot_count_hist(
     *,
     path: str | Path,
     title: str,
-    colors: Mapping[str, str],
     xlabel: str,
+    styles: Mapping[str, Style] | None = None,
+    colors: Mapping[str, str] | None = None,
+    formats: Sequence[str] = ("png",),
+    dpi: int = DEFAULT_DPI,
 ) -> Path | None:
     """Per-position counts (channels or neurons), summed over seeds, as shares of all
     selections sorted from the most to the least selected position: a flat line means the
@@ -443,14 +693,20 @@ def plot_count_hist(
 
     Args:
         panels: ``(panel title, {label: [counts of seed 0, counts of seed 1, ...]})``.
-        path: the PNG to write.
+        path: the file to write (suffix replaced by each format).
         title: the figure's title.
-        colors: label -> colour.
         xlabel: what a position is.
+        styles: label -> :class:`Style`.
+        colors: label -> colour, for labels without a style.
+        formats: figure formats to write.
+        dpi: resolution of the PNG.
 
     Returns:
-        ``path``, or ``None`` when there are no counts (nothing written).
+        The first file written, or ``None`` when there are no counts (nothing written).
     """
+    all_styles = dict(styles or {})
+    for label, color in (colors or {}).items():
+        all_styles.setdefault(label, Style(name=label, color=color, marker="o"))
     plt = _pyplot()
     fig, axes = _grid(plt, len(panels))
     drawn = False
@@ -462,15 +718,18 @@ def plot_count_hist(
             if sum(totals) <= 0:
                 continue
             share = sorted((100.0 * v / sum(totals) for v in totals), reverse=True)
+            style = _style(all_styles, label)
             ax.step(
                 range(1, len(share) + 1),
                 share,
                 where="mid",
-                label=label,
-                color=colors.get(label, "#444444"),
+                label=style.name,
+                color=style.color,
+                ls=style.linestyle,
                 lw=1.6,
             )
             drawn = True
+        _integer_ticks(ax)
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("share of all selections (%)")
@@ -478,4 +737,12 @@ def plot_count_hist(
     if not drawn:
         plt.close(fig)
         return None
-    return _finish(fig, Path(path), title=title, axes=axes)
+    return _finish(
+        fig,
+        Path(path),
+        title=title,
+        axes=axes,
+        caption="Counts summed over clients and seeds; a flat line = selections spread evenly.",
+        formats=formats,
+        dpi=dpi,
+    )

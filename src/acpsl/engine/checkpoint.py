@@ -64,7 +64,9 @@ _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 #: so the rounds trained after the resume use the larger ``T`` while those before it used
 #: the smaller one. The result differs from a run started with the larger ``rounds`` (it is
 #: the same for schemes that do not use ``T``); :func:`rounds_note` says so on resume.
-RESUMABLE_KEYS = frozenset({"rounds", "progress", "device", "data_dir", "download", "target_acc"})
+RESUMABLE_KEYS = frozenset(
+    {"rounds", "progress", "device", "data_dir", "download", "target_acc", "loggers"}
+)
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> int:
@@ -96,7 +98,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if version != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has layout version {version}, this acpsl reads version "
-            f"{CHECKPOINT_VERSION}; start a new run in another --out"
+            f"{CHECKPOINT_VERSION}; start a new run in another out_dir (--out)"
         )
     for key, kind in REQUIRED_KEYS.items():
         value = state.get(key)
@@ -196,8 +198,8 @@ def prepare_run_dir(
     if not resume:
         if ckpt_path.exists() or read_records(records_path):
             raise CheckpointError(
-                f"{out} already holds a run ({records}/{checkpoint}); pass --resume to "
-                "continue it, or choose another --out"
+                f"{out} already holds a run ({records}/{checkpoint}); pass resume=True (acpsl "
+                "train --resume) to continue it, or choose another out_dir (--out)"
             )
         return None
     if ckpt_path.exists():
@@ -235,7 +237,8 @@ def check_resumable(saved: Mapping[str, Any], config: TrainConfig, *, finished: 
         raise CheckpointError(
             f"cannot resume: the configuration differs from the checkpointed run in "
             f"{', '.join(differing)} ({details}); resume with the same settings (only "
-            f"{', '.join(sorted(RESUMABLE_KEYS))} may change) or start a new run in another --out"
+            f"{', '.join(sorted(RESUMABLE_KEYS))} may change) or start a new run in another "
+            "out_dir (--out)"
         )
     if config.rounds < finished:
         raise CheckpointError(

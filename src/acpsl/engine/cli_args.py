@@ -24,6 +24,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+#: The cut each built-in model uses when ``--cut`` is not given (ResNet-18: after the stem's
+#: max-pool, the ACP-SL paper's split; ResNet-20: before its classifier, the RandTopk one;
+#: SmallCNN: after its first block). Written here so ``--help`` needs no torch; a test checks
+#: it against the models.
+MODEL_DEFAULT_CUTS = {"resnet18": 4, "resnet20": 7, "smallcnn": 1}
+
 _DEFAULTS = {
     f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
     for f in dataclasses.fields(TrainConfig)
@@ -69,6 +75,22 @@ def _scheme_default_text(key: str) -> str:
             defaults.add("none" if param.default is None else str(param.default))
     default = ", ".join(sorted(defaults)) or "none"
     return f" [{', '.join(takers) or 'no built-in scheme'}] (default: {default})"
+
+
+class SchemeDefaultsFormatter(argparse.HelpFormatter):
+    """Appends to a scheme flag's help which schemes take it and their default.
+
+    That text comes from the registered schemes' signatures, which means importing the
+    schemes (and PyTorch): done here, when a help text is formatted, rather than when the
+    parser is built, so ``acpsl --help`` and the other commands start without PyTorch.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        key = getattr(action, "scheme_key", None)
+        if text is None or key is None:
+            return text
+        return text + _scheme_default_text(key).replace("%", "%%")
 
 
 def _default(name: str) -> str:
@@ -140,7 +162,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(client, server) modules (docs/models.md)" + d("model"),
     )
     run.add_argument(
-        "--cut", type=int, default=s, help="top-level model children on the client" + d("cut")
+        "--cut",
+        type=int,
+        default=s,
+        help="top-level model children on the client (default: the model's own: "
+        + ", ".join(f"{m} {c}" for m, c in MODEL_DEFAULT_CUTS.items())
+        + ")",
     )
     run.add_argument("--stem", choices=STEMS, default=s, help="ResNet-18 input stem" + d("stem"))
     run.add_argument("--clients", type=int, default=s, help="number of clients" + d("clients"))
@@ -223,7 +250,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=s,
-        help="show progress bars (--no-progress hides them)" + d("progress"),
+        help="show progress bars on a terminal (--no-progress hides them)" + d("progress"),
+    )
+    run.add_argument(
+        "--logger",
+        dest="loggers",
+        action="append",
+        metavar="NAME[,NAME]",
+        default=s,
+        help="per-step metrics beside records.jsonl: csv (OUT/metrics.csv) and/or "
+        "tensorboard (OUT/tensorboard/, pip install 'acpsl[tensorboard]'); repeatable or a "
+        "comma list" + d("loggers"),
     )
 
     scheme = parser.add_argument_group(
@@ -239,14 +276,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(e.g. --param p_base=0.75); repeatable (default: none)",
     )
     for flag, (key, kind, text) in SCHEME_FLAGS.items():
-        scheme.add_argument(
+        action = scheme.add_argument(
             flag,
             dest=f"scheme__{key}",
             metavar=key.upper(),
             type=kind,
             default=s,
-            help=text + _scheme_default_text(key),
+            help=text,
         )
+        action.scheme_key = key  # type: ignore[attr-defined]
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = SchemeDefaultsFormatter
 
 
 def parse_target(text: str) -> tuple[float, ...]:
@@ -310,6 +350,10 @@ def config_from_args(
     for name in _DEFAULTS:
         if name in opts and name != "scheme_params":
             values[name] = opts[name]
+    if "loggers" in opts:
+        values["loggers"] = tuple(
+            n.strip() for text in opts["loggers"] for n in str(text).split(",") if n.strip()
+        )
     if "target_acc" in opts:
         values["target_acc"] = tuple(t for text in opts["target_acc"] for t in parse_target(text))
     elif "target_acc" in values:

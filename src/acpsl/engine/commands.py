@@ -53,7 +53,12 @@ def add_parser(subparsers: Any) -> None:
         "--out",
         default="runs/demo",
         metavar="DIR",
-        help="folder of the runs, one subfolder per scheme; overwritten (default: runs/demo)",
+        help="folder of the runs, one subfolder per scheme (default: runs/demo)",
+    )
+    demo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the subfolders of an earlier demo in --out (default: refuse to)",
     )
     demo.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     demo.add_argument(
@@ -113,13 +118,17 @@ def default_out(config: TrainConfig) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     """``acpsl demo``: the README's main example."""
+    from acpsl.engine.demo import demo_table
     from acpsl.engine.demo import run_demo as demo
+    from acpsl.logs import show_progress
 
-    demo(
+    rows = demo(
         rounds=args.rounds,
         seed=args.seed,
         out_dir=args.out,
         device=args.device,
-        progress=args.progress,
+        progress=show_progress(args.progress),
+        overwrite=args.overwrite,
     )
+    print(demo_table(rows))
     return 0

@@ -8,6 +8,7 @@ prints test accuracy and the bytes that crossed the cut for each.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from acpsl.config import TrainConfig
 from acpsl.data import load_dataset
 from acpsl.engine.loop import train
 from acpsl.engine.records import RunSummary, format_bytes
+from acpsl.errors import CheckpointError
 from acpsl.experiments.runs import training_samples
 from acpsl.models import create as create_model
 from acpsl.schemes.matching import match_params
@@ -36,6 +38,11 @@ DEMO_SETTINGS: dict[str, Any] = {
     "optimizer": "adam",
     "lr": 1e-3,
 }
+#: The demo's runs, in the order trained (one folder each under ``out_dir``).
+DEMO_RUNS = ("standard", "acp", "randtopk")
+
+logger = logging.getLogger("acpsl.engine")
+
 #: RandTopk's eq. 7 probability used in the demo (the RandTopk paper's usual value).
 DEMO_ALPHA = 0.1
 
@@ -62,25 +69,40 @@ def run_demo(
     out_dir: str | Path = "runs/demo",
     device: str = "auto",
     progress: bool = True,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = logger.info,
     overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> list[DemoRow]:
-    """Train the three demo runs and print their comparison table.
+    """Train the three demo runs; :func:`demo_table` makes their comparison table.
 
     Args:
         rounds: rounds of each run.
         seed: seed of every run (same seed, same table).
-        out_dir: folder of the runs (``standard/``, ``acp/``, ``randtopk/``); replaced.
+        out_dir: folder of the runs (``standard/``, ``acp/``, ``randtopk/``).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         progress: show progress bars.
-        log: where the table goes (``None``: silent).
+        log: where progress lines go (default: the ``acpsl.engine`` logger; ``None``: silent).
         overrides: settings replacing :data:`DEMO_SETTINGS` (e.g. a smaller model in tests).
+        overwrite: delete those three folders first when they hold files (an earlier demo),
+            saying so in the log; without it such a folder is an error, and nothing is
+            deleted.
 
     Returns:
         One :class:`DemoRow` per scheme, in the order trained.
+
+    Raises:
+        CheckpointError: a run folder holds files and ``overwrite`` is False.
     """
     say = log if log is not None else (lambda _msg: None)
     root = Path(out_dir)
+    taken = [root / name for name in DEMO_RUNS if (root / name).exists()]
+    taken = [f for f in taken if not f.is_dir() or any(f.iterdir())]
+    if taken and not overwrite:
+        raise CheckpointError(
+            f"{', '.join(map(str, taken))} already exist (an earlier demo?); the demo would "
+            "replace them: pass overwrite=True (acpsl demo --overwrite), or choose another "
+            "out_dir (--out)"
+        )
     settings = {**DEMO_SETTINGS, **(overrides or {})}
     base = TrainConfig(**settings, rounds=rounds, seed=seed, device=device, progress=progress)
     rows: list[DemoRow] = []
@@ -88,10 +110,14 @@ def run_demo(
     def run(label: str, scheme: str, params: dict[str, Any]) -> DemoRow:
         config = base.replace(scheme=scheme, scheme_params=params)
         folder = root / label
-        if folder.exists():
-            shutil.rmtree(folder)
+        if folder in taken:
+            logger.warning("deleting %s (an earlier run) to train the demo there", folder)
+            if folder.is_dir():
+                shutil.rmtree(folder)
+            else:
+                folder.unlink()
         say(f"\n=== {label} {params or ''}")
-        summary = train(config, out_dir=folder, log=say if progress else None)
+        summary = train(config, out_dir=folder, log=say)
         row = DemoRow(
             label=label,
             scheme_params=params,
@@ -111,7 +137,6 @@ def run_demo(
         alpha=DEMO_ALPHA,
     )
     run("randtopk", "randtopk", matched)
-    say("\n" + demo_table(rows))
     return rows
 
 

@@ -23,6 +23,7 @@ Modes (SPEC section 5):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from acpsl.engine.checkpoint import (
     rounds_note,
     save_checkpoint,
 )
+from acpsl.engine.metrics import StepLogger
 from acpsl.engine.records import (
     RECORD_FIELDS,
     UNCOMPRESSED_FIELDS,
@@ -49,6 +51,7 @@ from acpsl.engine.records import (
     clean_float,
     gen_error,
     ratio_fields,
+    step_fractions,
     summarize,
     truncate_records,
     write_atomic,
@@ -62,8 +65,11 @@ from acpsl.engine.setup import (
     shuffle_order,
 )
 from acpsl.errors import CheckpointError, TrainingError, os_error_reason
+from acpsl.logs import show_progress
 
 Log = Callable[[str], None]
+
+logger = logging.getLogger("acpsl.engine")
 
 #: File names inside a run directory.
 RECORDS = "records.jsonl"
@@ -87,7 +93,7 @@ def train(
     *,
     out_dir: str | Path,
     resume: bool = False,
-    log: Log | None = print,
+    log: Log | None = logger.info,
     on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunSummary:
     """Train a split-learning run and write its records (SPEC sections 5-7).
@@ -103,7 +109,8 @@ def train(
         resume: continue from the checkpoint of the last finished round. With no checkpoint
             and no record in ``out_dir`` the run starts from round 1; records without a
             checkpoint are refused (never deleted).
-        log: where progress lines and the summary table go (``None``: silent).
+        log: where progress lines and the summary table go (default: the
+            ``acpsl.engine`` logger at INFO; ``None``: silent).
         on_round: called with each round's record after its checkpoint is written.
 
     Returns:
@@ -156,14 +163,17 @@ def train(
 
     say(
         f"training {config.scheme} on {config.dataset} ({len(run.train_set)} train / "
-        f"{len(run.test_set)} test samples), {config.model} cut {config.cut}, "
+        f"{len(run.test_set)} test samples), {config.model} {cut_text(run)}, "
         f"{config.clients} clients ({config.mode}), {config.rounds} rounds, device {device}"
     )
     total_iters = run.total_iterations()
+    # per-step metrics (metrics.csv, TensorBoard); rows are flushed every round, so a crash
+    # loses none that the records hold
+    metrics = StepLogger(config.loggers, out_dir=out, start_iteration=t)
     segment_start = time.perf_counter()
     for r in range(start_round, config.rounds + 1):
         round_start = time.perf_counter()
-        record, t = _train_round(run, round_index=r, t=t, total=total_iters)
+        record, t = _train_round(run, round_index=r, t=t, total=total_iters, metrics=metrics)
         record.update(_evaluate(run))
         record["gen_error"] = gen_error(record)
         add_totals(record, totals)
@@ -172,9 +182,11 @@ def train(
         record["wall_s"] = wall_before + (now - segment_start)
         record = save_round(run, out, record, t=t, totals=totals)
         records.append(record)
+        metrics.round(record)
         say(_round_line(record, config.rounds))
         if on_round is not None:
             on_round(record)
+    metrics.close()
 
     summary = summarize(records, out_dir=out, targets=config.target_acc)
     write_atomic(out / SUMMARY, json.dumps(summary.to_dict(), indent=2).encode("utf-8"))
@@ -229,30 +241,36 @@ def make_run_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise CheckpointError(
             f"cannot use {out} as the run directory: it exists and is not a directory; "
-            "choose another --out"
+            "choose another out_dir (--out)"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(
-            f"cannot create the run directory {out}: {os_error_reason(exc)}; choose another --out"
+            f"cannot create the run directory {out}: {os_error_reason(exc)}; choose another "
+            "out_dir (--out)"
         ) from None
 
 
 # ----------------------------------------------------------------------------- one round
-def _train_round(run: Run, *, round_index: int, t: int, total: int) -> tuple[dict[str, Any], int]:
-    """Every client passes once over its data; returns the round's partial record and ``t``."""
+def _train_round(
+    run: Run, *, round_index: int, t: int, total: int, metrics: StepLogger | None = None
+) -> tuple[dict[str, Any], int]:
+    """Every client passes once over its data; returns the round's partial record and ``t``.
+
+    Each iteration goes to ``metrics`` (``metrics.csv`` / TensorBoard) when it is active."""
     config, server = run.config, run.server
     bytes_up = bytes_down = bytes_labels = bytes_model = 0
     loss_sum, correct, seen = 0.0, 0, 0
     ratios: list[float] = []
+    kept_fracs: list[float] = []
     table2: float | None = None
     bound: float | None = None
     bar = tqdm(
         total=sum(run.batches_per_client()),
         desc=f"round {round_index}/{config.rounds}",
         unit="it",
-        disable=not config.progress,
+        disable=not show_progress(config.progress),
         leave=False,
         dynamic_ncols=True,
     )
@@ -286,8 +304,26 @@ def _train_round(run: Run, *, round_index: int, t: int, total: int) -> tuple[dic
                 loss_sum += loss * n
                 correct += hits
                 seen += n
-                if "ratio" in stats:
-                    ratios.append(float(stats["ratio"]))
+                p_t, kept_frac = step_fractions(stats)
+                if p_t is not None:
+                    ratios.append(p_t)
+                if kept_frac is not None:
+                    kept_fracs.append(kept_frac)
+                if metrics is not None and metrics.active:
+                    metrics.step(
+                        {
+                            "round": round_index,
+                            "iteration": t,
+                            "client": c,
+                            "loss": loss,
+                            "batch": n,
+                            "bytes_up": len(up.smashed),
+                            "bytes_down": len(down),
+                            "bytes_labels": len(up.labels),
+                            "p_t": p_t,
+                            "kept_frac": kept_frac,
+                        }
+                    )
                 if "table2_bytes" in stats:
                     table2 = (table2 or 0.0) + float(stats["table2_bytes"])
                 if "bound_bytes" in stats:
@@ -307,7 +343,7 @@ def _train_round(run: Run, *, round_index: int, t: int, total: int) -> tuple[dic
         "bytes_down": bytes_down,
         "bytes_labels": bytes_labels,
         "bytes_model": bytes_model,
-        **ratio_fields(ratios),
+        **ratio_fields(ratios, kept=kept_fracs),
         "table2_bytes_up": clean_float(table2),
         "bound_bytes_up": clean_float(bound),
         "kept_counts": _kept_total(run),
@@ -382,14 +418,28 @@ def _ordered(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _round_line(record: dict[str, Any], rounds: int) -> str:
-    ratio = record.get("ratio_mean")
-    extra = f", pruned {100 * ratio:.1f}%" if ratio else ""
+    ratio, kept = record.get("ratio_mean"), record.get("kept_frac_mean")
+    extra = f", P_t {100 * ratio:.1f}%" if ratio is not None else ""
+    if kept is not None and kept < 1:
+        extra += f", sent {100 * kept:.1f}% of the cut"
     return (
         f"round {record['round']}/{rounds}: train loss {record['train_loss']:.4f} "
         f"acc {100 * record['train_acc']:.2f}%, test acc {100 * record['test_acc']:.2f}%, "
         f"up {record['bytes_up']:,} B, down {record['bytes_down']:,} B{extra}, "
         f"{record['round_s']:.1f} s"
     )
+
+
+def cut_text(run: Run) -> str:
+    """``"cut 4 (client: conv1, bn1, relu, maxpool)"``: the cut the run really uses (the
+    model's default when ``config.cut`` is unset)."""
+    from acpsl.models.split import FLATTEN
+
+    model = run.client_models[0].model if run.client_models else run.clients[0].model
+    names = [name for name, _ in model.named_children() if name != FLATTEN]
+    if not names:
+        return "cut " + ("default" if run.config.cut is None else str(run.config.cut))
+    return f"cut {len(names)} (client: {', '.join(names)})"
 
 
 def _write_partition(run: Run, path: Path, say: Log) -> None:

@@ -41,6 +41,9 @@ RECORD_FIELDS: tuple[str, ...] = (
     "ratio_mean",
     "ratio_min",
     "ratio_max",
+    "kept_frac_mean",
+    "kept_frac_min",
+    "kept_frac_max",
     "ratios",
     "gen_error",
     "table2_bytes_up",
@@ -60,21 +63,73 @@ TOTAL_FIELDS: tuple[str, ...] = (
 )
 
 
-def ratio_fields(ratios: Sequence[float]) -> dict[str, Any]:
-    """The pruning-ratio fields of a round's record (ACP-SL eq. 13's ``P_t``).
+def ratio_fields(ratios: Sequence[float], *, kept: Sequence[float] = ()) -> dict[str, Any]:
+    """The pruning-ratio and kept-fraction fields of a round's record (SPEC section 6).
 
-    ``ratios`` holds one ratio per iteration of the round, in iteration order (the first is
-    iteration ``record["iteration"] - len(ratios) + 1``); it is recorded as ``ratios`` so
-    plots can show ``P_t`` against the global iteration, beside its mean, min and max.
-    Schemes without a pruning ratio give an empty list and ``None`` statistics.
+    Args:
+        ratios: ACP-SL's ``P_t`` of eq. 13, one per iteration of the round, in iteration
+            order (the first is iteration ``record["iteration"] - len(ratios) + 1``); recorded
+            as ``ratios`` so plots can show ``P_t`` against the global iteration, beside its
+            mean, min and max (``ratio_*``). Schemes without a pruning ratio give an empty
+            list: ``None`` statistics.
+        kept: the realised fraction of channels or values sent, one per iteration, for every
+            scheme (``kept_frac_*``). ``round(P_t * N) / N`` channels are pruned, so
+            ``kept_frac`` is not exactly ``1 - P_t``.
     """
     values = [float(r) for r in ratios]
+    fracs = [float(k) for k in kept]
     return {
-        "ratio_mean": clean_float(sum(values) / len(values)) if values else None,
-        "ratio_min": clean_float(min(values)) if values else None,
-        "ratio_max": clean_float(max(values)) if values else None,
+        **_stat_fields("ratio", values),
+        **_stat_fields("kept_frac", fracs),
         "ratios": [clean_float(v) for v in values],
     }
+
+
+def _stat_fields(prefix: str, values: Sequence[float]) -> dict[str, float | None]:
+    return {
+        f"{prefix}_mean": clean_float(sum(values) / len(values)) if values else None,
+        f"{prefix}_min": clean_float(min(values)) if values else None,
+        f"{prefix}_max": clean_float(max(values)) if values else None,
+    }
+
+
+def step_fractions(stats: Mapping[str, float]) -> tuple[float | None, float | None]:
+    """``(P_t, kept fraction)`` of one iteration from a scheme's :meth:`stats`.
+
+    ``P_t`` is the ratio ACP-SL's policy chose (eq. 13; its ``p_target``), ``None`` for
+    schemes without one; the kept fraction is the share of channels or values really sent
+    (``1 - stats["ratio"]``, the realised fraction dropped), ``None`` when not reported.
+    """
+    p_t = stats.get("p_target")
+    dropped = stats.get("ratio")
+    return (
+        None if p_t is None else float(p_t),
+        None if dropped is None else 1.0 - float(dropped),
+    )
+
+
+def upgrade_record(record: Mapping[str, Any], *, scheme: str | None) -> dict[str, Any]:
+    """A record in today's field meanings, also when it was written before ``kept_frac_*``.
+
+    Old records held the realised fraction *dropped* in ``ratio_*`` for every scheme. Their
+    kept fractions are ``1 - ratio_*``; their ``ratio_*`` (``P_t``) are kept for ``acp``
+    (whose realised fraction is ``round(P_t N) / N``, within ``1 / (2N)`` of ``P_t``) and set
+    to ``None`` for the other schemes, which have no pruning ratio. Records that have
+    ``kept_frac_*`` are returned unchanged (as a copy).
+    """
+    out = dict(record)
+    if "kept_frac_mean" in out:
+        return out
+    for stat in ("mean", "min", "max"):
+        dropped = out.get(f"ratio_{stat}")
+        # the old min/max of the dropped fraction are the max/min of the kept one
+        flip = {"mean": "mean", "min": "max", "max": "min"}[stat]
+        out[f"kept_frac_{flip}"] = None if dropped is None else clean_float(1.0 - float(dropped))
+    if scheme != "acp":
+        for stat in ("mean", "min", "max"):
+            out[f"ratio_{stat}"] = None
+        out["ratios"] = []
+    return out
 
 
 def gen_error(record: Mapping[str, Any]) -> float | None:
@@ -192,7 +247,8 @@ def truncate_records(path: Path, *, rounds: int) -> list[dict[str, Any]]:
     if got != list(range(1, rounds + 1)):
         raise CheckpointError(
             f"{path} holds rounds {got} but the checkpoint finished round {rounds}; "
-            "the run directory is inconsistent: start a new run in another --out"
+            "the run directory is inconsistent: start a new run in another "
+            "out_dir (--out)"
         )
     text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
     write_atomic(path, text.encode("utf-8"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -174,6 +175,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             values[name] = opts[name]
     if "target_acc" in opts:
         values["target_acc"] = [t for text in opts["target_acc"] for t in parse_target(text)]
+    if "loggers" in opts:
+        values["loggers"] = [
+            n.strip() for text in opts["loggers"] for n in str(text).split(",") if n.strip()
+        ]
     if "seed" in values:
         raise ConfigError("compare runs several seeds: use --seeds instead of --seed")
     return values
@@ -274,7 +279,9 @@ def run_compare(args: argparse.Namespace) -> int:
         preset = presets.load(args.preset)
         scale = args.scale or presets.default_scale()
         if args.scale is None:
-            print(f"scale: {scale} (the default {'with' if scale == 'full' else 'without'} CUDA)")
+            logging.getLogger("acpsl.experiments").info(
+                "scale: %s (the default %s CUDA)", scale, "with" if scale == "full" else "without"
+            )
         plans = preset.plan(
             scale=scale,
             overrides=overrides,
@@ -300,21 +307,7 @@ def run_compare(args: argparse.Namespace) -> int:
         )
         meta = {"preset": None, "scale": None, "target_acc": list(overrides.get("target_acc", []))}
     if args.dry_run:
-        for plan in plans:
-            extra = ""
-            if plan.match_fraction is not None:
-                extra = f", size matched to {100 * plan.match_fraction:.2f}% of standard"
-            elif plan.match_run is not None:
-                extra = f", size matched to the realised uplink bytes of {plan.match_run}"
-            elif plan.match_acp is not None:
-                extra = ", size matched to ACP-SL at p_base"
-            c = plan.config
-            print(
-                f"{plan.key}: {c.scheme} {json.dumps(dict(c.scheme_params))}{extra}; {c.dataset}, "
-                f"{c.model}, {c.clients} clients, {c.partition}, {c.rounds} rounds, "
-                f"subset {c.subset or 'all'}"
-            )
-        print(f"{len(plans)} runs")
+        _print_dry_run(plans)
         return 0
     result = compare(
         plans,
@@ -333,9 +326,60 @@ def run_compare(args: argparse.Namespace) -> int:
         from acpsl.experiments.report import write_report
 
         files = write_report(args.out)
-        print(f"report: {files.report_md}")
+        # the result on the terminal, not only a path to it
+        print("\n" + files.table_md.read_text(encoding="utf-8"))
+        print(f"report: {files.report_md} (figures and tables in {files.out_dir})")
     raise_on_failures(result)
     return 0
+
+
+def _print_dry_run(plans: Sequence[Any]) -> None:
+    """One line per run, with the size parameter a matched run will get (``k``, ``bits``),
+    resolved as the run will resolve it (a real encode on the run's cut shape)."""
+    from acpsl.errors import AcpslError
+    from acpsl.experiments.matching import resolve_match
+
+    resolved: dict[str, Any] = {}
+    for plan in plans:
+        c = plan.config
+        params = dict(c.scheme_params)
+        extra = ""
+        if plan.match_fraction is not None or plan.match_acp is not None:
+            if plan.match_fraction is not None:
+                target = f"{100 * plan.match_fraction:.2f}% of standard"
+            elif plan.match_run is not None:
+                # the realised bytes exist once the reference has run: show the nominal size
+                target = (
+                    f"the realised uplink bytes of {plan.match_run} at run time; "
+                    "now, at ACP-SL's p_base"
+                )
+            else:
+                target = "ACP-SL at p_base"
+            key = json.dumps(
+                [c.to_dict() | {"seed": 0}, plan.match_fraction, plan.match_acp],
+                sort_keys=True,
+                default=str,
+            )
+            try:
+                if key not in resolved:
+                    resolved[key] = resolve_match(
+                        c, fraction=plan.match_fraction, acp_params=plan.match_acp
+                    ).scheme_params
+                matched = {k: v for k, v in resolved[key].items() if k not in params}
+                params.update(resolved[key])
+                extra = (
+                    f" (matched to {target}: "
+                    + ", ".join(f"{k}={v}" for k, v in matched.items())
+                    + ")"
+                )
+            except AcpslError as exc:
+                extra = f" (size matched to {target} at run time; not resolved now: {exc})"
+        print(
+            f"{plan.key}: {c.scheme} {json.dumps(params)}{extra}; {c.dataset}, "
+            f"{c.model}, {c.clients} clients, {c.partition}, {c.rounds} rounds, "
+            f"subset {c.subset or 'all'}"
+        )
+    print(f"{len(plans)} runs")
 
 
 # ----------------------------------------------------------------------------- report
@@ -343,7 +387,7 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``acpsl report DIR``: tables and figures of a grid."""
     p = subparsers.add_parser(
         "report",
-        help="tables (Markdown, CSV) and figures (PNG) of the runs in a directory",
+        help="tables (Markdown, CSV) and figures (PNG, PDF, SVG) of the runs in a directory",
         description="Read every run under DIR (an `acpsl compare --out`, or any folder of "
         "`acpsl train` runs) and write table.md, table.csv (mean and std over seeds), runs.csv "
         "(one line per run), report.md and the figures to DIR/report (or --out).",
@@ -370,6 +414,19 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--title", default=None, help="heading of report.md (default: the preset's title)"
     )
+    p.add_argument(
+        "--format",
+        dest="formats",
+        default="png",
+        metavar="FMT[,FMT...]",
+        help="figure formats, a comma list of png, pdf, svg (default: png)",
+    )
+    p.add_argument(
+        "--dpi",
+        type=int,
+        default=None,
+        help="resolution of the PNG figures (default: 200)",
+    )
     p.set_defaults(func=run_report)
     return p
 
@@ -389,8 +446,15 @@ def run_report(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"unknown plot kinds {sorted(unknown)}; choose from {', '.join(FILES)}"
             )
+    formats = [f.strip().lower().lstrip(".") for f in args.formats.split(",") if f.strip()]
     files = write_report(
-        args.dir, out_dir=args.out, targets=targets, plots=args.plots, title=args.title
+        args.dir,
+        out_dir=args.out,
+        targets=targets,
+        plots=args.plots,
+        title=args.title,
+        formats=formats,
+        dpi=args.dpi,
     )
     print(files.table_md.read_text(encoding="utf-8"))
     for path in files.all():
@@ -401,11 +465,15 @@ def run_report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m acpsl.experiments {presets,compare,report} ...``."""
     from acpsl.errors import AcpslError
+    from acpsl.logs import add_log_arguments, configure_from_args
 
     parser = argparse.ArgumentParser(prog="python -m acpsl.experiments")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)
+    for command in sub.choices.values():
+        add_log_arguments(command)
     args = parser.parse_args(argv)
+    configure_from_args(args)
     try:
         return int(args.func(args) or 0)
     except AcpslError as exc:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -41,6 +42,9 @@ from acpsl.experiments.presets import RunPlan
 from acpsl.experiments.runner import is_finished, run_dir, run_plan
 from acpsl.experiments.runs import GRID_FILE
 from acpsl.locks import PidLock
+from acpsl.logs import show_progress
+
+logger = logging.getLogger("acpsl.experiments")
 
 #: The plan a worker process reads, written into its run directory.
 PLAN_FILE = ".plan.json"
@@ -346,7 +350,9 @@ def _run_inline(
     plans: Sequence[RunPlan], *, root: Path, result: CompareResult, progress: bool
 ) -> None:
     keys = {p.key for p in plans}
-    bar = tqdm(plans, desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        plans, desc="runs", unit="run", disable=not show_progress(progress), dynamic_ncols=True
+    )
     for plan in bar:
         bar.set_postfix_str(plan.key, refresh=True)
         if _reference_state(plan, result, keys) == "failed":
@@ -355,9 +361,7 @@ def _run_inline(
         data = plan.to_dict()
         data["config"]["progress"] = bool(progress and data["config"].get("progress", True))
         try:
-            result.results[plan.key] = run_plan(
-                data, root=root, log=tqdm.write if progress else None
-            )
+            result.results[plan.key] = run_plan(data, root=root, log=logger.info)
         except Exception as exc:  # one failing run must not stop the grid
             result.results[plan.key] = {
                 "key": plan.key,
@@ -392,7 +396,13 @@ def _run_processes(
     pending = list(plans)
     keys = {p.key for p in plans}
     running: dict[str, tuple[subprocess.Popen[bytes], Any, RunPlan]] = {}
-    bar = tqdm(total=len(plans), desc="runs", unit="run", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(plans),
+        desc="runs",
+        unit="run",
+        disable=not show_progress(progress),
+        dynamic_ncols=True,
+    )
     try:
         previous: Any = signal.signal(signal.SIGTERM, _raise_stop)
     except ValueError:  # not the main thread: SIGTERM keeps its handler
@@ -568,7 +578,7 @@ def _run_ray(
             total=len(plans),
             desc="runs (ray)",
             unit="run",
-            disable=not progress,
+            disable=not show_progress(progress),
             dynamic_ncols=True,
         )
         try:

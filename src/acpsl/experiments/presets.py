@@ -27,7 +27,9 @@ File layout (``presets/<name>.toml``)::
     params = { l1 = { lam = 1e-4 } }  # optional: per-run scheme parameters in this panel
 
     [[runs]]                 # at least one
-    label = "randtopk"       # unique within the preset; names the curve and the folder
+    label = "randtopk"       # unique within the preset; names the folder
+    name = "RandTopk-SL"     # optional: the curve's name in tables and figures (default:
+                             # from the scheme and its ablation, acpsl.experiments.names)
     scheme = "randtopk"
     params = { alpha = 0.1 } # scheme parameters
     match = { to = "acp" }   # or { fraction = 0.0286 } or { to = "panel" }: see below
@@ -138,6 +140,7 @@ class RunTemplate:
     params: Mapping[str, Any] = field(default_factory=dict)
     match: Mapping[str, Any] | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ class RunPlan:
         panel_title: human-readable panel title.
         match_run: if set, the key (``panel/label/seed<k>``) of the ACP-SL run whose realised
             uplink bytes per sample are the target; this run waits until that one finished.
+        name: the curve's display name (``None``: derived from the scheme).
     """
 
     panel: str
@@ -167,6 +171,7 @@ class RunPlan:
     match_acp: Mapping[str, Any] | None = None
     panel_title: str = ""
     match_run: str | None = None
+    name: str | None = None
 
     @property
     def key(self) -> str:
@@ -184,6 +189,7 @@ class RunPlan:
             "match_acp": None if self.match_acp is None else dict(self.match_acp),
             "panel_title": self.panel_title,
             "match_run": self.match_run,
+            "name": self.name,
         }
 
     @classmethod
@@ -198,6 +204,7 @@ class RunPlan:
             match_acp=data.get("match_acp"),
             panel_title=str(data.get("panel_title", "")),
             match_run=data.get("match_run"),
+            name=None if data.get("name") is None else str(data["name"]),
         )
 
 
@@ -304,6 +311,7 @@ class Preset:
                                 if match_ref is None
                                 else f"{panel.name}/{match_ref}/seed{int(seed)}"
                             ),
+                            name=run.name,
                         )
                     )
         return plans
@@ -478,7 +486,7 @@ def parse(data: Mapping[str, Any], *, name: str) -> Preset:
 
     runs = []
     for raw in data.get("runs", []):
-        extra = set(raw) - {"label", "scheme", "params", "match", "config"}
+        extra = set(raw) - {"label", "scheme", "params", "match", "config", "name"}
         if extra or "label" not in raw or "scheme" not in raw:
             raise bad(f"a [[runs]] entry needs label and scheme; got {sorted(raw)}")
         match = raw.get("match")
@@ -500,6 +508,7 @@ def parse(data: Mapping[str, Any], *, name: str) -> Preset:
                 params=dict(raw.get("params", {})),
                 match=dict(match) if match is not None else None,
                 config=cfg,
+                name=None if raw.get("name") is None else str(raw["name"]),
             )
         )
     if not runs:

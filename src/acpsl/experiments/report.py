@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from acpsl.errors import ConfigError
+from acpsl.experiments.names import display_name, unique_names
 from acpsl.experiments.runs import RunData, discover, read_grid
 
 #: Configuration keys that must agree for a standard run to be another run's reference.
@@ -47,6 +49,7 @@ class RunMetrics:
     cut_bytes_total: int
     training_bytes_total: int
     ratio_mean: float | None
+    kept_frac_mean: float | None
     up_per_round: float
     wall_s: float
 
@@ -63,6 +66,7 @@ def run_metrics(records: Sequence[Mapping[str, Any]], *, targets: Sequence[float
         rounds_to[target] = None if hit is None else int(hit["round"])
         bytes_to[target] = None if hit is None else cut_bytes(hit)
     ratios = [float(r["ratio_mean"]) for r in records if r.get("ratio_mean") is not None]
+    kept = [float(r["kept_frac_mean"]) for r in records if r.get("kept_frac_mean") is not None]
     last = records[-1]
     return RunMetrics(
         rounds=len(records),
@@ -73,6 +77,7 @@ def run_metrics(records: Sequence[Mapping[str, Any]], *, targets: Sequence[float
         cut_bytes_total=cut_bytes(last),
         training_bytes_total=training_bytes(last),
         ratio_mean=sum(ratios) / len(ratios) if ratios else None,
+        kept_frac_mean=sum(kept) / len(kept) if kept else None,
         up_per_round=sum(int(r["bytes_up"]) for r in records) / len(records),
         wall_s=float(last.get("wall_s", 0.0)),
     )
@@ -94,6 +99,7 @@ class Row:
     panel_title: str
     label: str
     scheme: str
+    name: str = ""
     runs: list[RunData] = field(default_factory=list)
     metrics: list[RunMetrics] = field(default_factory=list)
     up_fraction: list[float] = field(default_factory=list)
@@ -116,7 +122,29 @@ def build_rows(runs: Sequence[RunData], *, targets: Sequence[float]) -> list[Row
                 ref_up = run_metrics(ref.records, targets=()).up_per_round
                 if ref_up > 0:
                     row.up_fraction.append(m.up_per_round / ref_up)
+    names = display_names(list(rows.values()))
+    for row in rows.values():
+        row.name = names[row.label]
     return list(rows.values())
+
+
+def display_names(rows: Sequence[Row]) -> dict[str, str]:
+    """Label -> display name: the preset's ``name``, else the scheme's title and ablation
+    (:mod:`acpsl.experiments.names`), made unique over the report."""
+    firsts: dict[str, RunData] = {}
+    for row in rows:
+        if row.runs:
+            firsts.setdefault(row.label, row.runs[0])
+    labels = list(firsts)
+    base = [
+        (
+            label,
+            firsts[label].name or display_name(firsts[label].scheme, firsts[label].scheme_params),
+        )
+        for label in labels
+    ]
+    params = [firsts[label].scheme_params for label in labels]
+    return dict(zip(labels, unique_names(base, params)))
 
 
 def _reference(run: RunData, runs: Sequence[RunData]) -> RunData | None:
@@ -147,6 +175,7 @@ def table_csv_rows(rows: Sequence[Row], *, targets: Sequence[float]) -> list[dic
         rec: dict[str, Any] = {
             "panel": row.panel,
             "label": row.label,
+            "name": row.name,
             "scheme": row.scheme,
             "seeds": len(ms),
             "rounds": min(m.rounds for m in ms),
@@ -170,6 +199,8 @@ def table_csv_rows(rows: Sequence[Row], *, targets: Sequence[float]) -> list[dic
             )
         ratios = [m.ratio_mean for m in ms if m.ratio_mean is not None]
         rec["ratio_mean"] = statistics.fmean(ratios) if ratios else math.nan
+        kept = [m.kept_frac_mean for m in ms if m.kept_frac_mean is not None]
+        rec["kept_frac_mean"] = statistics.fmean(kept) if kept else math.nan
         rec["up_fraction"] = statistics.fmean(row.up_fraction) if row.up_fraction else math.nan
         out.append(rec)
     return out
@@ -185,6 +216,7 @@ def run_csv_rows(
             rec: dict[str, Any] = {
                 "panel": row.panel,
                 "label": row.label,
+                "name": row.name,
                 "scheme": row.scheme,
                 "seed": run.seed,
                 "rounds": m.rounds,
@@ -199,6 +231,7 @@ def run_csv_rows(
             rec["cut_bytes_total"] = m.cut_bytes_total
             rec["training_bytes_total"] = m.training_bytes_total
             rec["ratio_mean"] = m.ratio_mean
+            rec["kept_frac_mean"] = m.kept_frac_mean
             rec["wall_s"] = round(m.wall_s, 2)
             rec["path"] = run.path.relative_to(root).as_posix() if run.path != root else "."
             out.append(rec)
@@ -213,6 +246,16 @@ def _fmt(mean: float, std: float, *, scale: float = 1.0, digits: int = 2, n: int
     return f"{mean * scale:.{digits}f}"
 
 
+def _fmt_rounds(mean: float, std: float, *, n: int) -> str:
+    """Rounds as integers: ``"4"``; a mean over seeds that is not whole keeps one decimal
+    (``"4.5 ± 0.7"``)."""
+    if math.isnan(mean):
+        return "—"
+    whole = abs(mean - round(mean)) < 1e-9
+    text = f"{round(mean)}" if whole else f"{mean:.1f}"
+    return f"{text} ± {std:.1f}" if n > 1 else text
+
+
 def markdown_table(
     table: Sequence[Mapping[str, Any]], *, targets: Sequence[float], titles: Mapping[str, str]
 ) -> str:
@@ -220,13 +263,18 @@ def markdown_table(
     header = ["panel", "scheme", "seeds", "final acc (%)", "best acc (%)"]
     for t in targets:
         header += [f"rounds to {_pct(t)}", f"cut MB to {_pct(t)}"]
-    header += ["cut MB total", "uplink vs standard (%)", "mean pruning ratio (%)"]
+    header += [
+        "cut MB total",
+        "uplink vs standard (%)",
+        "mean pruning ratio P_t (%)",
+        "values sent (%)",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for rec in table:
         n = int(rec["seeds"])
         cells = [
             titles.get(str(rec["panel"]), str(rec["panel"])),
-            str(rec["label"]),
+            str(rec.get("name") or rec["label"]),
             str(n),
             _fmt(rec["final_acc_mean"], rec["final_acc_std"], scale=100, n=n),
             _fmt(rec["best_acc_mean"], rec["best_acc_std"], scale=100, n=n),
@@ -239,7 +287,7 @@ def markdown_table(
                 continue
             suffix = "" if reached == n else f" ({reached}/{n} seeds)"
             cells.append(
-                _fmt(rec[f"rounds_to_{key}_mean"], rec[f"rounds_to_{key}_std"], digits=1, n=reached)
+                _fmt_rounds(rec[f"rounds_to_{key}_mean"], rec[f"rounds_to_{key}_std"], n=reached)
                 + suffix
             )
             cells.append(
@@ -253,6 +301,7 @@ def markdown_table(
         cells.append(_fmt(rec["cut_bytes_total_mean"], rec["cut_bytes_total_std"], scale=1e-6, n=n))
         cells.append(_fmt(rec["up_fraction"], 0.0, scale=100, n=1))
         cells.append(_fmt(rec["ratio_mean"], 0.0, scale=100, digits=1, n=1))
+        cells.append(_fmt(rec["kept_frac_mean"], 0.0, scale=100, digits=1, n=1))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -279,10 +328,12 @@ class ReportFiles:
     runs_csv: Path
     report_md: Path
     plots: dict[str, Path]
+    figures: list[Path] = field(default_factory=list)
 
     def all(self) -> list[Path]:
-        """Every file written."""
-        return [self.table_md, self.table_csv, self.runs_csv, self.report_md, *self.plots.values()]
+        """Every file written (each figure in every format)."""
+        figures = self.figures or list(self.plots.values())
+        return [self.table_md, self.table_csv, self.runs_csv, self.report_md, *figures]
 
 
 def write_report(
@@ -292,6 +343,8 @@ def write_report(
     targets: Sequence[float] | None = None,
     plots: Sequence[str] | None = None,
     title: str | None = None,
+    formats: Sequence[str] = ("png",),
+    dpi: int | None = None,
 ) -> ReportFiles:
     """Write the tables and figures of the grid under ``root``.
 
@@ -301,6 +354,8 @@ def write_report(
         targets: target accuracies (default: the grid's, else the runs' ``target_acc``).
         plots: plot kinds to draw (default: the preset's, else all that have data).
         title: heading of ``report.md`` (default: the preset's title).
+        formats: figure formats, any of ``png``, ``pdf``, ``svg`` (each figure in each).
+        dpi: resolution of the PNG figures (default: :data:`acpsl.plots.DEFAULT_DPI`, 200).
 
     Returns:
         The paths written (:class:`ReportFiles`).
@@ -310,6 +365,16 @@ def write_report(
     """
     from acpsl import plots as acpsl_plots
 
+    # PNG first when asked for: report.md shows the first format of each figure
+    formats = sorted(dict.fromkeys(formats), key=lambda f: f != "png") or ["png"]
+    unknown = [f for f in formats if f not in acpsl_plots.FORMATS]
+    if unknown:
+        raise ConfigError(
+            f"unknown figure formats {unknown}; choose from {', '.join(acpsl_plots.FORMATS)}"
+        )
+    dpi = acpsl_plots.DEFAULT_DPI if dpi is None else int(dpi)
+    if dpi < 10:
+        raise ConfigError(f"dpi={dpi} is too small for a figure; use e.g. 200 or 300")
     base = Path(root)
     runs = discover(base)
     grid = read_grid(base)
@@ -338,8 +403,7 @@ def write_report(
     md_table = markdown_table(table, targets=targets, titles=titles)
     files.table_md.write_text(md_table, encoding="utf-8")
 
-    labels = list(dict.fromkeys(r.label for r in rows))
-    colors = acpsl_plots.label_colors(labels)
+    styles = acpsl_plots.label_styles([(r.label, r.scheme, r.name) for r in rows])
     panel_data: list[acpsl_plots.PanelData] = []
     for panel in dict.fromkeys(r.panel for r in rows):
         panel_data.append(
@@ -351,26 +415,31 @@ def write_report(
     kinds = list(plots if plots is not None else preset.get("plots") or acpsl_plots.FILES)
     heading = title or preset.get("title") or f"Runs in {base.name}"
     written: dict[str, Path] = {}
+    figure: dict[str, Any] = {"styles": styles, "formats": formats, "dpi": dpi}
     for kind in kinds:
         path = out / acpsl_plots.FILES[kind]
         what = _PLOT_TITLES[kind]
+        result: Path | None
         if kind == "kept_hist":
-            result = acpsl_plots.plot_kept_hist(panel_data, path=path, title=what, colors=colors)
+            result = acpsl_plots.plot_kept_hist(panel_data, path=path, title=what, **figure)
         elif kind == "topk_hist":
             result = acpsl_plots.plot_count_hist(
                 _topk_counts(rows, titles),
                 path=path,
                 title=what,
-                colors=colors,
                 xlabel="cut neuron rank (most often top-k first)",
+                **figure,
             )
         else:
             result = acpsl_plots.plot_curves(
-                panel_data, kind=kind, path=path, title=what, colors=colors, targets=targets
+                panel_data, kind=kind, path=path, title=what, targets=targets, **figure
             )
         if result is not None:
             written[kind] = result
     files.plots.update(written)
+    files.figures.extend(
+        path.with_suffix(f".{fmt}") for path in written.values() for fmt in formats
+    )
     files.report_md.write_text(
         _report_text(heading, preset, grid, runs, md_table, written, out), encoding="utf-8"
     )
@@ -381,8 +450,8 @@ _PLOT_TITLES = {
     "acc_round": "Test accuracy vs round",
     "acc_bytes": "Test accuracy vs cumulative cut traffic",
     "loss_round": "Training loss vs round",
-    "ratio_round": "Pruning ratio vs round (mean; band: min-max over iterations)",
-    "ratio_iter": "Pruning ratio P_t vs global iteration (shaded: min-max)",
+    "ratio_round": "ACP-SL's pruning ratio P_t (eq. 13) vs round",
+    "ratio_iter": "ACP-SL's pruning ratio P_t (eq. 13) vs global iteration",
     "kept_hist": "How often each channel was kept in training (cumulative)",
     "topk_hist": "How often each cut neuron is top-k at inference (training set)",
     "gen_gap": "Generalization error (train - test accuracy) vs training accuracy",

@@ -108,6 +108,7 @@ def run_plan(
         "panel": plan.panel,
         "panel_title": plan.panel_title,
         "label": plan.label,
+        "name": plan.name,
         "seed": plan.seed,
         "scheme": config.scheme,
         "scheme_params": dict(config.scheme_params),

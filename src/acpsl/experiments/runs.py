@@ -43,6 +43,8 @@ class RunData:
         seed: the run's seed.
         config: the resolved configuration (``config.toml``) as a dict.
         records: the round records, in order.
+        name: the display name the preset gave the curve (``None``: derived from the scheme,
+            see :mod:`acpsl.experiments.names`).
     """
 
     path: Path
@@ -53,6 +55,12 @@ class RunData:
     seed: int
     config: Mapping[str, Any]
     records: list[dict[str, Any]]
+    name: str | None = None
+
+    @property
+    def scheme_params(self) -> dict[str, Any]:
+        """The scheme parameters the run used (its ``config.toml``'s)."""
+        return dict(self.config.get("scheme_params") or {})
 
     @property
     def finished(self) -> bool:
@@ -77,7 +85,7 @@ def load_run(path: Path, *, root: Path) -> RunData:
     Raises:
         CheckpointError: the directory has no records, or its files are corrupt.
     """
-    from acpsl.engine.records import read_records
+    from acpsl.engine.records import read_records, upgrade_record
 
     config: dict[str, Any] = {}
     if (path / CONFIG_FILE).exists():
@@ -96,6 +104,9 @@ def load_run(path: Path, *, root: Path) -> RunData:
             "directory is inconsistent"
         )
     scheme = str(meta.get("scheme", config.get("scheme", "?")))
+    # records written before kept_frac_* existed held the kept fraction's complement in
+    # ratio_* for every scheme: read them with today's meanings
+    records = [upgrade_record(r, scheme=scheme) for r in records]
     rel = path.relative_to(root).parts if path != root else ()
     default_panel = rel[0] if len(rel) >= 3 else (str(config.get("dataset", "runs")))
     panel = str(meta.get("panel", default_panel))
@@ -108,6 +119,7 @@ def load_run(path: Path, *, root: Path) -> RunData:
         seed=int(meta.get("seed", config.get("seed", 0))),
         config=config,
         records=records,
+        name=None if meta.get("name") is None else str(meta["name"]),
     )
 
 

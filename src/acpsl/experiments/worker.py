@@ -55,13 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from acpsl.engine.records import write_atomic
     from acpsl.errors import AcpslError
     from acpsl.experiments.runner import run_plan
+    from acpsl.logs import configure
 
     torch.set_num_threads(max(1, args.threads))
+    # the engine's log lines go to stdout, which is the run's log.txt
+    logger = configure(stream=sys.stdout)
     plan = json.loads(args.plan.read_text("utf-8"))
     try:
         # The driver's plug-in modules ($ACPSL_PLUGINS, searched on $ACPSL_PLUGIN_PATH).
         plugins.prepare_worker()
-        result = run_plan(plan, root=args.root, log=lambda line: print(line, flush=True))
+        result = run_plan(plan, root=args.root, log=logger.getChild("engine").info)
     except AcpslError as exc:
         print(f"acpsl: error: {' '.join(str(exc).split())}", flush=True)
         return int(exc.exit_code)

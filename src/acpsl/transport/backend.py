@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import sys
 import time
@@ -56,6 +57,7 @@ from acpsl.engine.records import (
 from acpsl.engine.setup import Run, build_run, resolve_device, shuffle_order
 from acpsl.errors import CheckpointError, ConfigError, PayloadError
 from acpsl.locks import PidLock
+from acpsl.logs import show_progress
 from acpsl.schemes.standard import StandardScheme, decode_dense, encode_dense
 from acpsl.transport import splitlearning_pb2 as pb
 from acpsl.transport.client import EvalFn, StepFn, TurnAborted, TurnOutput
@@ -67,6 +69,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 Log = Callable[[str], None]
+_log = logging.getLogger("acpsl.transport")
+#: Per-iteration scheme statistics a client reports with its turn (lists of numbers):
+#: ``ratio`` = realised fraction dropped, ``p_target`` = ACP-SL's P_t (eq. 13).
+_STAT_KEYS = ("ratio", "p_target", "table2_bytes", "bound_bytes")
 
 #: Byte counters of the records, per round and cumulative (the in-process ones).
 _TOTALS = engine_loop._TOTALS
@@ -200,7 +206,8 @@ class EngineServerBackend:
         config: the run's configuration (the clients receive it).
         out_dir: run directory (records, checkpoint, config, partition, summary).
         resume: continue from ``out_dir``'s checkpoint of the last finished round.
-        log: where progress lines go (``None``: silent).
+        log: where progress lines go (default: the ``acpsl.transport`` logger at INFO;
+            ``None``: silent).
 
     Raises:
         CheckpointError: ``out_dir`` holds a run and ``resume`` is False, or the checkpoint
@@ -213,7 +220,7 @@ class EngineServerBackend:
         config: TrainConfig,
         out_dir: str | Path,
         resume: bool = False,
-        log: Log | None = print,
+        log: Log | None = _log.info,
     ) -> None:
         self.config = config
         self._say: Log = log if log is not None else (lambda _msg: None)
@@ -329,6 +336,7 @@ class EngineServerBackend:
             "correct": 0,
             "seen": 0,
             "ratios": [],
+            "kept": [],
             "table2": None,
             "bound": None,
             "finished": [],
@@ -393,7 +401,9 @@ class EngineServerBackend:
         _load_client_state(runtime, client_state)
         self._has_state[client_id] = True
         acc = self._acc
-        acc["ratios"].extend(stats["ratio"])
+        # "ratio" is the realised fraction dropped per iteration, "p_target" ACP-SL's P_t
+        acc["ratios"].extend(stats["p_target"])
+        acc["kept"].extend(1.0 - r for r in stats["ratio"])
         for key, name in (("table2", "table2_bytes"), ("bound", "bound_bytes")):
             for value in stats[name]:
                 acc[key] = (acc[key] or 0.0) + value
@@ -536,7 +546,7 @@ class EngineServerBackend:
             "bytes_down": acc["bytes_down"],
             "bytes_labels": acc["bytes_labels"],
             "bytes_model": acc["bytes_model"],
-            **ratio_fields(ratios),
+            **ratio_fields(ratios, kept=acc["kept"]),
             "table2_bytes_up": clean_float(acc["table2"]),
             "bound_bytes_up": clean_float(acc["bound"]),
             "kept_counts": engine_loop._kept_total(self.run),
@@ -591,7 +601,7 @@ def _parse_stats(text: str) -> dict[str, list[float]]:
     if not isinstance(data, dict):
         raise PayloadError("turn statistics must be a JSON object")
     out: dict[str, list[float]] = {}
-    for key in ("ratio", "table2_bytes", "bound_bytes"):
+    for key in _STAT_KEYS:
         values = data.get(key, [])
         if not isinstance(values, list) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -686,13 +696,13 @@ class EngineClientBackend:
         order = run.parts[c][
             shuffle_order(seed=config.seed, round_index=task.round, client=c, size=run.sizes[c])
         ]
-        stats: dict[str, list[float]] = {"ratio": [], "table2_bytes": [], "bound_bytes": []}
+        stats: dict[str, list[float]] = {key: [] for key in _STAT_KEYS}
         t = int(task.t_start)
         bar = tqdm(
             total=(order.numel() + config.batch_size - 1) // config.batch_size,
             desc=f"client {c} round {task.round}",
             unit="it",
-            disable=not config.progress,
+            disable=not show_progress(config.progress),
             leave=False,
             dynamic_ncols=True,
         )
@@ -701,7 +711,7 @@ class EngineClientBackend:
                 t += 1
                 up = runtime.forward(x, y, t=t, total=int(task.total))
                 for key, value in runtime.scheme.stats().items():
-                    if key in ("ratio", "table2_bytes", "bound_bytes"):
+                    if key in _STAT_KEYS:
                         stats[key].append(float(value))
                 runtime.backward(step(t, up.smashed, up.labels))
                 bar.update(1)

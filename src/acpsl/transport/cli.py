@@ -8,16 +8,21 @@ only connection options and the local ``--data-dir``/``--device``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from acpsl.errors import ConfigError
-from acpsl.transport.security import DEFAULT_MAX_MESSAGE_BYTES, TOKEN_ENV
 
 #: Default port of ``acpsl serve``.
 DEFAULT_PORT = 50051
+#: Copies of :mod:`acpsl.transport.security`'s values (that module imports gRPC, which the
+#: parser must not: ``acpsl --help`` starts without it); a test keeps them equal.
+TOKEN_ENV = "ACPSL_TOKEN"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+
+log = logging.getLogger("acpsl.transport")
 
 
 def _add_security(parser: argparse.ArgumentParser, *, server: bool) -> None:
@@ -69,8 +74,12 @@ def _add_security(parser: argparse.ArgumentParser, *, server: bool) -> None:
 
 
 def add_parser(subparsers: Any) -> None:
-    """Add ``acpsl serve`` and ``acpsl client`` to the ``acpsl`` parser."""
+    """Add ``acpsl serve`` and ``acpsl client`` to the ``acpsl`` parser (only when gRPC,
+    the optional extra ``acpsl[net]``, is installed; it is looked up, not imported)."""
     from acpsl.engine.cli_args import add_train_arguments
+
+    if importlib.util.find_spec("grpc") is None:
+        return
 
     serve = subparsers.add_parser(
         "serve",
@@ -180,12 +189,38 @@ def add_parser(subparsers: Any) -> None:
     client.set_defaults(func=run_client)
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+def check_port_free(host: str, port: int) -> None:
+    """Fail early, in one line, when ``host:port`` is taken (before the run is built and
+    before gRPC tries to bind and logs its own multi-line error).
+
+    A probe socket with ``SO_REUSEADDR``, as gRPC binds (so a port with connections in
+    TIME_WAIT counts as free, and a listening one as taken). ``port`` 0 is always free.
+
+    Raises:
+        ConfigError: the port is in use (exit code 2, like any option to change).
+    """
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return  # a host that does not resolve: gRPC reports it
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    continue
+                raise ConfigError(
+                    f"cannot listen on {host}:{port}: the port is in use. Is another server "
+                    "(acpsl serve) already running on that port? Stop it, or choose another "
+                    "--port (0 picks a free one)"
+                ) from None
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -197,9 +232,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from acpsl.transport.security import TlsFiles, resolve_token
     from acpsl.transport.server import ServerOptions, SplitServer
 
-    _logging()
     # --resume continues the run in --out with its own settings (as `acpsl train --resume`)
     config = resume_config(args, out=Path(args.out)) if args.resume else config_from_args(args)
+    check_port_free(args.host, args.port)
     tls = None
     if args.tls_cert or args.tls_key:
         tls = TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_client_ca)
@@ -207,7 +242,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--tls-client-ca needs TLS: give --tls-cert and --tls-key too")
     token = resolve_token(token=args.token, token_file=args.token_file)
     if tls is None and args.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("acpsl.transport").warning(
+        log.warning(
             "serving on %s without TLS: payloads and the token travel in clear text", args.host
         )
     options = ServerOptions(
@@ -225,8 +260,8 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     backend = EngineServerBackend(config=config, out_dir=args.out, resume=args.resume)
     server = SplitServer(backend=backend, options=options)
+    # SplitServer.start logs "listening on HOST:PORT" (once: the CLI does not repeat it)
     server.start(port_file=args.port_file)
-    print(f"acpsl serve: listening on {server.address}", flush=True)
     try:
         server.wait()
     except KeyboardInterrupt:
@@ -245,7 +280,6 @@ def run_client(args: argparse.Namespace) -> int:
     from acpsl.transport.client import ClientOptions, SplitClient
     from acpsl.transport.security import TlsFiles, resolve_token
 
-    _logging()
     tls = None
     if args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
         tls = TlsFiles(

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from acpsl import __version__
-from acpsl.errors import ConfigError, PayloadError, TrainingError
+from acpsl.errors import AcpslError, ConfigError, PayloadError, TrainingError
 from acpsl.transport import splitlearning_pb2 as pb
 
 log = logging.getLogger("acpsl.transport")
@@ -523,7 +523,12 @@ class Coordinator:
             with self._compute:
                 self.backend.finish_run()
         except BaseException as exc:  # the server must report it, not die silently
-            log.error("run stopped: %s", exc)
+            # An acpsl error is reported once, by whoever reads ``error`` (the CLI prints it
+            # as its one-line error); anything else is a bug: logged with its traceback.
+            if isinstance(exc, AcpslError):
+                log.debug("run stopped: %s", exc)
+            else:
+                log.error("run stopped: %s", exc, exc_info=exc)
             if self._error is None:
                 self._error = exc
         finally:
@@ -570,7 +575,8 @@ class Coordinator:
         with self._compute:
             record = self.backend.finish_round(round=rnd, wire=self.wire.as_record())
         self.records.append(record)
-        log.info("round %d finished: %s", rnd, record.get("test_acc"))
+        # the backend logs the round's line; this one is for debugging the coordinator
+        log.debug("round %d finished: %s", rnd, record.get("test_acc"))
 
     def _train_turn(self, cid: int, rnd: int) -> bool:
         """Run client ``cid``'s TRAIN turn under the drop policy; whether it finished."""

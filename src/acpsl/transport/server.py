@@ -114,7 +114,7 @@ class SplitServer:
             tmp = Path(f"{port_file}.tmp")
             tmp.write_text(f"{self.port}\n", encoding="utf-8")
             tmp.replace(port_file)
-        log.info("serving on %s", self.address)
+        log.info("acpsl serve: listening on %s", self.address)
         self._driver.start()
 
     def wait(self, *, timeout: float | None = None, grace: float = 3.0) -> bool:
