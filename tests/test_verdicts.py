@@ -79,7 +79,7 @@ def test_beats_is_judged_against_the_seed_spread(
     (v,) = judge(_claim(), _rows({"acp": acp, "quant": quant}))
     assert v.verdict == verdict
     assert v.panel_title == "P"
-    assert v.ours.startswith(f"acp {100 * sum(acp) / 2:.2f} ± ")
+    assert v.ours.startswith(f"ACP-SL: {100 * sum(acp) / 2:.2f} ± ")
 
 
 def test_one_seed_is_always_undecided() -> None:
@@ -92,8 +92,8 @@ def test_best_needs_to_beat_every_other_run_and_fails_on_any_loss() -> None:
     rows = _rows({"standard": [0.90, 0.91], "acp": [0.80, 0.81], "quant": [0.70, 0.71]})
     (v,) = judge(claim, rows)
     assert v.verdict == FAILS  # standard beats it
-    assert "standard 90.50 ± 0.71% [does not hold]" in v.ours
-    assert "quant 70.50 ± 0.71% [holds]" in v.ours
+    assert "Standard SL: 90.50 ± 0.71% [does not hold]" in v.ours
+    assert "Quantization: 70.50 ± 0.71% [holds]" in v.ours
     rows = _rows({"standard": [0.60, 0.61], "acp": [0.80, 0.81], "quant": [0.79, 0.82]})
     assert judge(claim, rows)[0].verdict == UNDECIDED  # beats standard, level with quant
     rows = _rows({"standard": [0.60, 0.61], "acp": [0.80, 0.81], "quant": [0.70, 0.71]})
@@ -111,8 +111,8 @@ def test_rounds_to_target_counts_seeds_that_never_reach_it_as_later() -> None:
     (v,) = judge(_claim(metric="rounds_to", target=0.65), rows)
     # acp 2, 1 (mean 1.5, range 1); quant 4, 3 (mean 3.5, range 1): gap 2 > 1
     assert v.verdict == HOLDS
-    assert "acp 1.5 ± 0.7 rounds (2/2 reached 65%)" in v.ours
-    assert "quant 3.5 ± 0.7 rounds (1/2 reached 65%)" in v.ours
+    assert "ACP-SL: 1.5 ± 0.7 rounds (2/2 reached 65%)" in v.ours
+    assert "Quantization: 3.5 ± 0.7 rounds (1/2 reached 65%)" in v.ours
     (b,) = judge(_claim(metric="cut_bytes_to", target=0.65), rows)
     # acp 3000, 1500 B; quant 6000 (4500 + 1500 past the end), 4500 B: gap 3000 > 1500
     assert b.verdict == HOLDS
@@ -132,7 +132,9 @@ def test_claims_cover_their_panels_and_render_as_a_table() -> None:
     ]
     md = table.markdown().splitlines()
     assert md[0] == "| claim | panel | verdict | ours (mean ± std over seeds) | paper |"
-    assert md[2].startswith("| acp wins | A | **holds** | acp 80.50 ± 0.71%; quant 70.50")
+    assert md[2].startswith(
+        "| acp wins | A | **holds** | ACP-SL: 80.50 ± 0.71%; Quantization: 70.50"
+    )
     assert md[2].endswith("| +5 points |")
     assert table.rows()[1]["verdict"] == FAILS
 
@@ -166,3 +168,67 @@ def test_shipped_presets_state_the_papers_claims() -> None:
     for name in ("acp-fig5", "acp-fig6", "randtopk-table3"):
         assert presets.load(name).claims, name
     assert fig4.to_summary()["claims"][1]["paper"] == "75.88% vs about 70.77% (+5.11)"
+
+
+def _write_run(root: Path, panel: str, label: str, seed: int, accs: list[float]) -> None:
+    """A run directory as the engine leaves it: records, run.json, partition.json."""
+    import json
+
+    run = root / panel / label / f"seed{seed}"
+    run.mkdir(parents=True)
+    lines = []
+    for i, acc in enumerate(accs, start=1):
+        rec = {
+            "round": i,
+            "iteration": 10 * i,
+            "train_loss": 1.0 / i,
+            "test_acc": acc,
+            "bytes_up": 4000,
+            "bytes_down": 2000,
+            "bytes_up_total": 4000 * i,
+            "bytes_down_total": 2000 * i,
+            "bytes_labels_total": 0,
+            "bytes_model_total": 0,
+            "wall_s": float(i),
+        }
+        lines.append(json.dumps(rec) + "\n")
+    (run / "records.jsonl").write_text("".join(lines))
+    meta = {"panel": panel, "label": label, "seed": seed, "scheme": label.split("-")[0]}
+    (run / "run.json").write_text(json.dumps(meta))
+    (run / "config.toml").write_text(f"rounds = {len(accs)}\nseed = {seed}\n")
+    (run / "partition.json").write_text(json.dumps({"sizes": [60, 40]}))
+
+
+def test_report_judges_the_grids_claims_from_its_records(tmp_path: Path) -> None:
+    """``acpsl report`` reads the claims compare.json keeps, judges them on the records, and
+    writes verdicts.md / verdicts.csv, a "Verdicts" section, per-sample bytes and a pareto plot."""
+    import json
+
+    from acpsl.experiments.report import write_report
+
+    finals = {"acp": [0.80, 0.82], "quant": [0.70, 0.71], "standard": [0.85, 0.86]}
+    for label, accs in finals.items():
+        for seed, acc in enumerate(accs):
+            _write_run(tmp_path, "p", label, seed, [0.3, acc])
+    claims = [
+        {"text": "ACP-SL beats quantization", "label": "acp", "than": ["quant"], "paper": "+5"},
+        {"text": "ACP-SL is the best", "kind": "best", "label": "acp"},
+    ]
+    grid = {"preset": {"name": "g", "runs": list(finals), "claims": claims}, "runs": []}
+    (tmp_path / "compare.json").write_text(json.dumps(grid))
+    files = write_report(tmp_path, plots=["pareto"])
+    assert files.verdicts_md is not None and files.verdicts_csv is not None
+    lines = files.verdicts_md.read_text().splitlines()
+    assert lines[2].startswith("| ACP-SL beats quantization | p | **holds** | ACP-SL: 81.00 ± ")
+    assert lines[2].endswith("| +5 |")
+    assert lines[3].startswith("| ACP-SL is the best | p | **does not hold** |")
+    assert "## Verdicts on the paper's claims" in files.report_md.read_text()
+    # per-sample bytes: 2 rounds x 100 samples sent 8000 B up, 4000 B down
+    table = files.table_md.read_text()
+    assert "| uplink B/sample | downlink B/sample |" in table
+    assert "| 40 ± 0 | 20 ± 0 |" in table
+    assert set(files.plots) == {"pareto"} and files.plots["pareto"].stat().st_size > 10_000
+    # without claims there is no verdict file
+    (tmp_path / "compare.json").write_text(json.dumps({"preset": {"name": "g"}, "runs": []}))
+    assert write_report(tmp_path, plots=[]).verdicts_md is None
+    assert not (files.out_dir / "verdicts.md").exists()

@@ -89,6 +89,7 @@ FILES = {
     "topk_hist": "topk_hist.png",
     "gen_gap": "gen_gap.png",
     "gen_gap_offset": "gen_gap_offset.png",
+    "pareto": "acc_vs_cut_bytes_pareto.png",
 }
 #: The RandTopk paper's Fig. 4(b) plots the generalization error minus this line of the
 #: training accuracy (both as fractions): ``gen_error - (0.5 * train_acc - 0.2)``.
@@ -634,6 +635,86 @@ def _ratio_band(runs: Sequence[Records]) -> tuple[list[float], list[float]]:
         lo.append(min(mins) if mins else 0.0)
         hi.append(max(maxs) if maxs else 0.0)
     return lo, hi
+
+
+def plot_pareto(
+    panels: Sequence[tuple[str, Mapping[str, Sequence[Any]]]],
+    *,
+    path: str | Path,
+    title: str,
+    styles: Mapping[str, Style] | None = None,
+    formats: Sequence[str] = ("png",),
+    dpi: int = DEFAULT_DPI,
+) -> Path | None:
+    """Final test accuracy against total cut traffic: one curve per scheme through its
+    compression levels (one point per run label), mean over seeds with the seeds' range as
+    error bars on both axes. The Pareto view: for a byte budget, which scheme is best.
+
+    Args:
+        panels: ``[(panel title, {scheme: [(point name, [cut bytes per seed], [final
+            accuracy per seed]), ...]})]`` (:func:`acpsl.experiments.report.pareto_points`).
+        path: the file to write (its suffix is replaced by each of ``formats``).
+        title: the figure's title.
+        styles: label -> :class:`Style`; a scheme's curve takes the style of its main label.
+        formats: figure formats to write.
+        dpi: resolution of the PNG.
+
+    Returns:
+        The first file written, or ``None`` when no panel has a point.
+    """
+    if not any(per for _, per in panels):
+        return None
+    plt = _pyplot()
+    fig, axes = _grid(plt, len(panels))
+    scheme_styles = label_styles([(sch, sch, sch) for _, per in panels for sch in per])
+    seeds = 1
+    for ax, (panel_title, per_scheme) in zip(axes, panels):
+        for scheme, points in per_scheme.items():
+            style = scheme_styles[scheme]
+            # the scheme's display name: the first point's name without its parameters
+            main = (styles or {}).get(scheme)
+            name = main.name if main is not None else str(points[0][0]).split(", ")[0]
+            pts = sorted(
+                (
+                    sum(b) / len(b),
+                    100 * sum(a) / len(a),
+                    (min(b), max(b)),
+                    (100 * min(a), 100 * max(a)),
+                )
+                for _, b, a in points
+            )
+            seeds = max(seeds, *(len(b) for _, b, _ in points))
+            xs = [p[0] / 1e6 for p in pts]
+            ys = [p[1] for p in pts]
+            xerr = [[(p[0] - p[2][0]) / 1e6 for p in pts], [(p[2][1] - p[0]) / 1e6 for p in pts]]
+            yerr = [[p[1] - p[3][0] for p in pts], [p[3][1] - p[1] for p in pts]]
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=xerr,
+                yerr=yerr,
+                label=name,
+                color=style.color,
+                marker=style.marker,
+                ls=style.linestyle,
+                lw=1.6,
+                ms=6,
+                capsize=2.5,
+                elinewidth=0.8,
+            )
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xlabel("total cut traffic of the run, up + down (MB, log)")
+        ax.set_ylabel("final test accuracy (%)")
+        _log_axis(ax)
+        ax.grid(True, alpha=0.3)
+    caption = "One point per compression level (run label); " + (
+        f"mean over {seeds} seeds, error bars: the seeds' range (min-max)."
+        if seeds > 1
+        else "one seed per point (no error bars)."
+    )
+    return _finish(
+        fig, Path(path), title=title, axes=axes, caption=caption, formats=formats, dpi=dpi
+    )
 
 
 def plot_kept_hist(

@@ -97,6 +97,7 @@ PLOT_KINDS = (
     "topk_hist",
     "gen_gap",
     "gen_gap_offset",
+    "pareto",
 )
 #: Training-set sizes of the supported datasets (for ``fraction``); fixed by the datasets.
 TRAIN_SIZES = {"mnist": 60000, "fashion-mnist": 60000, "cifar-10": 50000, "cifar-100": 50000}

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acpsl.errors import ConfigError
+from acpsl.errors import CheckpointError, ConfigError
 from acpsl.experiments.names import display_name, unique_names
-from acpsl.experiments.runs import RunData, discover, read_grid
+from acpsl.experiments.runs import RunData, discover, read_grid, training_samples
+from acpsl.experiments.verdicts import VerdictTable, parse_claims, verdict_table
 
 #: Configuration keys that must agree for a standard run to be another run's reference.
 _SAME_DATA_KEYS = ("dataset", "model", "cut", "stem", "subset", "batch_size", "clients")
@@ -103,6 +104,8 @@ class Row:
     runs: list[RunData] = field(default_factory=list)
     metrics: list[RunMetrics] = field(default_factory=list)
     up_fraction: list[float] = field(default_factory=list)
+    up_per_sample: list[float] = field(default_factory=list)
+    down_per_sample: list[float] = field(default_factory=list)
 
 
 def build_rows(runs: Sequence[RunData], *, targets: Sequence[float]) -> list[Row]:
@@ -115,6 +118,11 @@ def build_rows(runs: Sequence[RunData], *, targets: Sequence[float]) -> list[Row
         )
         row.runs.append(run)
         row.metrics.append(run_metrics(run.records, targets=targets))
+        samples = _samples_sent(run)
+        if samples:
+            last = run.records[-1]
+            row.up_per_sample.append(int(last["bytes_up_total"]) / samples)
+            row.down_per_sample.append(int(last["bytes_down_total"]) / samples)
     for row in rows.values():
         for run, m in zip(row.runs, row.metrics):
             ref = _reference(run, runs)
@@ -126,6 +134,15 @@ def build_rows(runs: Sequence[RunData], *, targets: Sequence[float]) -> list[Row
     for row in rows.values():
         row.name = names[row.label]
     return list(rows.values())
+
+
+def _samples_sent(run: RunData) -> int | None:
+    """Training samples whose smashed data crossed the cut in the run's recorded rounds
+    (``None`` when the run directory has no partition record, e.g. copied records only)."""
+    try:
+        return training_samples(run.path) * len(run.records)
+    except CheckpointError:
+        return None
 
 
 def display_names(rows: Sequence[Row]) -> dict[str, str]:
@@ -202,6 +219,11 @@ def table_csv_rows(rows: Sequence[Row], *, targets: Sequence[float]) -> list[dic
         kept = [m.kept_frac_mean for m in ms if m.kept_frac_mean is not None]
         rec["kept_frac_mean"] = statistics.fmean(kept) if kept else math.nan
         rec["up_fraction"] = statistics.fmean(row.up_fraction) if row.up_fraction else math.nan
+        for name, values in (
+            ("up_per_sample", row.up_per_sample),
+            ("down_per_sample", row.down_per_sample),
+        ):
+            rec[f"{name}_mean"], rec[f"{name}_std"] = mean_std(values)
         out.append(rec)
     return out
 
@@ -265,6 +287,8 @@ def markdown_table(
         header += [f"rounds to {_pct(t)}", f"cut MB to {_pct(t)}"]
     header += [
         "cut MB total",
+        "uplink B/sample",
+        "downlink B/sample",
         "uplink vs standard (%)",
         "mean pruning ratio P_t (%)",
         "values sent (%)",
@@ -299,6 +323,8 @@ def markdown_table(
                 )
             )
         cells.append(_fmt(rec["cut_bytes_total_mean"], rec["cut_bytes_total_std"], scale=1e-6, n=n))
+        for name in ("up_per_sample", "down_per_sample"):
+            cells.append(_fmt(rec[f"{name}_mean"], rec[f"{name}_std"], digits=0, n=n))
         cells.append(_fmt(rec["up_fraction"], 0.0, scale=100, n=1))
         cells.append(_fmt(rec["ratio_mean"], 0.0, scale=100, digits=1, n=1))
         cells.append(_fmt(rec["kept_frac_mean"], 0.0, scale=100, digits=1, n=1))
@@ -329,11 +355,14 @@ class ReportFiles:
     report_md: Path
     plots: dict[str, Path]
     figures: list[Path] = field(default_factory=list)
+    verdicts_md: Path | None = None
+    verdicts_csv: Path | None = None
 
     def all(self) -> list[Path]:
         """Every file written (each figure in every format)."""
         figures = self.figures or list(self.plots.values())
-        return [self.table_md, self.table_csv, self.runs_csv, self.report_md, *figures]
+        verdicts = [p for p in (self.verdicts_md, self.verdicts_csv) if p is not None]
+        return [self.table_md, self.table_csv, self.runs_csv, self.report_md, *verdicts, *figures]
 
 
 def write_report(
@@ -390,6 +419,7 @@ def write_report(
     rows = build_rows(runs, targets=targets)
     table = table_csv_rows(rows, targets=targets)
     titles = {r.panel: r.panel_title for r in rows}
+    verdicts = grid_verdicts(preset, rows)
     files = ReportFiles(
         out_dir=out,
         table_md=out / "table.md",
@@ -397,11 +427,19 @@ def write_report(
         runs_csv=out / "runs.csv",
         report_md=out / "report.md",
         plots={},
+        verdicts_md=out / "verdicts.md" if verdicts.verdicts else None,
+        verdicts_csv=out / "verdicts.csv" if verdicts.verdicts else None,
     )
     _write_csv(files.table_csv, table)
     _write_csv(files.runs_csv, run_csv_rows(rows, targets=targets, root=base))
     md_table = markdown_table(table, targets=targets, titles=titles)
     files.table_md.write_text(md_table, encoding="utf-8")
+    if files.verdicts_md is not None and files.verdicts_csv is not None:
+        files.verdicts_md.write_text(verdicts.markdown() + "\n", encoding="utf-8")
+        _write_csv(files.verdicts_csv, verdicts.rows())
+    else:  # no claims (any more): no stale verdicts of an earlier report beside the tables
+        for stale in ("verdicts.md", "verdicts.csv"):
+            (out / stale).unlink(missing_ok=True)
 
     styles = acpsl_plots.label_styles([(r.label, r.scheme, r.name) for r in rows])
     panel_data: list[acpsl_plots.PanelData] = []
@@ -422,6 +460,8 @@ def write_report(
         result: Path | None
         if kind == "kept_hist":
             result = acpsl_plots.plot_kept_hist(panel_data, path=path, title=what, **figure)
+        elif kind == "pareto":
+            result = acpsl_plots.plot_pareto(pareto_points(rows), path=path, title=what, **figure)
         elif kind == "topk_hist":
             result = acpsl_plots.plot_count_hist(
                 _topk_counts(rows, titles),
@@ -441,9 +481,48 @@ def write_report(
         path.with_suffix(f".{fmt}") for path in written.values() for fmt in formats
     )
     files.report_md.write_text(
-        _report_text(heading, preset, grid, runs, md_table, written, out), encoding="utf-8"
+        _report_text(heading, preset, grid, runs, md_table, written, out, verdicts.markdown()),
+        encoding="utf-8",
     )
     return files
+
+
+def grid_verdicts(preset: Mapping[str, Any], rows: Sequence[Row]) -> VerdictTable:
+    """The verdicts on the claims the grid's preset states (``compare.json`` keeps them),
+    judged on ``rows`` (:mod:`acpsl.experiments.verdicts`); empty without claims."""
+    raw = preset.get("claims") or []
+    if not raw:
+        return VerdictTable()
+    labels = list(preset.get("runs") or dict.fromkeys(r.label for r in rows))
+    claims = parse_claims(raw, preset=str(preset.get("name", "grid")), labels=labels)
+    return verdict_table(claims, rows)
+
+
+def pareto_points(rows: Sequence[Row]) -> list[tuple[str, dict[str, list[Any]]]]:
+    """Per panel, per scheme: one point per run label (a compression level) of the final
+    accuracy against the total cut traffic, each with its seeds' values.
+
+    Returns:
+        ``[(panel title, {scheme: [(display name, [cut bytes per seed], [final acc per
+        seed]), ...]})]``, the points of a scheme in the order its labels appear.
+    """
+    out: list[tuple[str, dict[str, list[Any]]]] = []
+    for panel in dict.fromkeys(r.panel for r in rows):
+        per_scheme: dict[str, list[Any]] = {}
+        title = ""
+        for row in rows:
+            if row.panel != panel:
+                continue
+            title = row.panel_title
+            per_scheme.setdefault(row.scheme, []).append(
+                (
+                    row.name,
+                    [float(m.cut_bytes_total) for m in row.metrics],
+                    [m.final_acc for m in row.metrics],
+                )
+            )
+        out.append((title, per_scheme))
+    return out
 
 
 _PLOT_TITLES = {
@@ -455,6 +534,7 @@ _PLOT_TITLES = {
     "kept_hist": "How often each channel was kept in training (cumulative)",
     "topk_hist": "How often each cut neuron is top-k at inference (training set)",
     "gen_gap": "Generalization error (train - test accuracy) vs training accuracy",
+    "pareto": "Final test accuracy vs total cut traffic, one curve per scheme",
     "gen_gap_offset": "Generalization error minus (0.5 x train acc - 0.2), the RandTopk "
     "paper's Fig. 4(b) y axis, vs training accuracy",
 }
@@ -489,6 +569,7 @@ def _report_text(
     md_table: str,
     plots: Mapping[str, Path],
     out: Path,
+    verdicts_md: str = "",
 ) -> str:
     lines = [f"# {heading}", ""]
     if preset.get("description"):
@@ -510,6 +591,17 @@ def _report_text(
         "",
         md_table,
     ]
+    if verdicts_md:
+        lines += [
+            "## Verdicts on the paper's claims",
+            "",
+            "Per claim and panel: **holds** when the gap of the means exceeds the seed spread "
+            "(the larger of the two runs' max − min over seeds), **does not hold** when the "
+            "opposite does, **undecided** otherwise and always with one seed.",
+            "",
+            verdicts_md,
+            "",
+        ]
     for kind, path in plots.items():
         lines += [f"![{_PLOT_TITLES[kind]}]({path.relative_to(out).as_posix()})", ""]
     return "\n".join(lines)

@@ -73,7 +73,7 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Series:
-    """One run label of a panel: its per-seed values of a metric."""
+    """One run label of a panel (``label``: its display name): per-seed values of a metric."""
 
     label: str
     values: tuple[float, ...]
@@ -192,7 +192,8 @@ def series(rows: Sequence[Any], *, panel: str, label: str, claim: Claim) -> Seri
             else:
                 last = run.records[-1]
                 values.append(float(_cut_bytes(last) + _cut_bytes(last) / len(run.records)))
-    return Series(label=label, values=tuple(values), reached=reached, seeds=len(values))
+    name = getattr(row, "name", "") or label
+    return Series(label=name, values=tuple(values), reached=reached, seeds=len(values))
 
 
 def _first_reach(records: Sequence[Mapping[str, Any]], target: float) -> Mapping[str, Any] | None:
@@ -228,7 +229,7 @@ def fmt(s: Series, metric: str, target: float | None) -> str:
         text = f"{s.mean / 1e6:.1f} ± {sd / 1e6:.1f} MB"
     if metric in ("rounds_to", "cut_bytes_to"):
         text += f" ({s.reached}/{s.seeds} reached {100 * (target or 0):g}%)"
-    return f"{s.label} {text}"
+    return f"{s.label}: {text}"
 
 
 def judge(claim: Claim, rows: Sequence[Any]) -> list[Verdict]:
