@@ -16,9 +16,12 @@ import torch
 from acpsl import data as acpsl_data
 from acpsl import models as acpsl_models
 from acpsl.config import TrainConfig
+from acpsl.data.augment import make_augmenter
 from acpsl.data.dataset import ImageDataset
 from acpsl.engine.client import ClientRuntime
 from acpsl.engine.optim import make_optimizer
+from acpsl.engine.precision import Precision
+from acpsl.engine.schedule import LrSchedule
 from acpsl.engine.server import ServerRuntime
 from acpsl.errors import ConfigError
 from acpsl.schemes.base import Scheme
@@ -183,13 +186,20 @@ def build_run(config: TrainConfig, *, device: torch.device) -> Run:
         stem=config.stem,
         seed=config.seed,
     )
-    client_model = split.client.to(device)
-    server_model = split.server.to(device)
+    precision = Precision(dtype=config.precision, channels_last=config.channels_last)
+    schedule = LrSchedule(kind=config.lr_schedule, base=config.lr, floor=config.lr_min)
+    augment = make_augmenter(
+        config.augment, seed=config.seed, mean=train_set.mean, std=train_set.std
+    )
+    client_model = precision.model(split.client.to(device))
+    server_model = precision.model(split.server.to(device))
     server = ServerRuntime(
         model=server_model,
         optimizer=make_optimizer(server_model.parameters(), config=config),
         scheme_factory=_ServerSchemes(config),
         device=device,
+        precision=precision,
+        schedule=schedule,
     )
     clients: list[ClientRuntime] = []
     distinct: list[ClientRuntime] = []
@@ -207,7 +217,14 @@ def build_run(config: TrainConfig, *, device: torch.device) -> Run:
             model = client_model if c == 0 else copy.deepcopy(client_model)
             opt = shared_opt if c == 0 else make_optimizer(model.parameters(), config=config)
         runtime = ClientRuntime(
-            client_id=c, model=model, optimizer=opt, scheme=scheme, device=device
+            client_id=c,
+            model=model,
+            optimizer=opt,
+            scheme=scheme,
+            device=device,
+            augment=augment,
+            precision=precision,
+            schedule=schedule,
         )
         clients.append(runtime)
         if config.mode != "sequential" or c == 0:

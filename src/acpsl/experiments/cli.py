@@ -117,6 +117,16 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="with --schemes: auto matches topk/randtopk/sizered/quant without a size "
         "parameter to ACP-SL's mean payload (1 - p_base) when acp is in the list (default: auto)",
     )
+    grid.add_argument(
+        "--sweep",
+        nargs="+",
+        action="extend",
+        metavar="KEY=V1,V2",
+        default=None,
+        help="training options as extra grid axes, e.g. --sweep lr=0.01,0.03 optimizer=sgd,adam: "
+        "every run once per combination, labelled LABEL-lr=0.01-optimizer=sgd (values parsed "
+        "as TOML scalars; they win over the preset and the other options)",
+    )
     grid.add_argument("--workers", type=int, default=1, help="local processes at once (default: 1)")
     grid.add_argument(
         "--threads",
@@ -261,8 +271,10 @@ def run_compare(args: argparse.Namespace) -> int:
     """Build the grid from the options and run it; exit 1 when a run failed."""
     from acpsl.experiments import presets
     from acpsl.experiments.compare import compare, raise_on_failures
+    from acpsl.experiments.sweep import describe, expand, parse_sweep
 
     overrides = _overrides(args)
+    axes = parse_sweep(args.sweep or [])
     progress = bool(overrides.get("progress", True))
     meta: dict[str, Any]
     if args.preset:
@@ -294,6 +306,9 @@ def run_compare(args: argparse.Namespace) -> int:
             fraction=args.fraction,
         )
         meta = {"preset": None, "scale": None, "target_acc": list(overrides.get("target_acc", []))}
+    plans = expand(plans, axes)
+    if axes:
+        meta["sweep"] = describe(axes)
     if args.dry_run:
         for plan in plans:
             extra = ""
