@@ -332,3 +332,15 @@ def test_checkpoint_without_the_new_keys_still_resumes(shared_data, tmp_path):
     check_resumable(saved, config, finished=1)
     with pytest.raises(Exception, match="precision"):
         check_resumable(saved, config.replace(precision="bf16"), finished=1)
+
+
+# ------------------------------------------------------------------------------- warm-up
+def test_warmup_covers_registered_schemes_and_runs():
+    from acpsl import schemes
+    from acpsl.warmup import VARIANTS, main, warm
+
+    assert set(VARIANTS) <= set(schemes.names())
+    lines: list[str] = []
+    times = warm(["standard", "sizered"], log=lines.append)
+    assert set(times) == {"standard", "sizered"} and len(lines) == 2
+    assert main(["standard"]) == 0
