@@ -99,7 +99,15 @@ def expand(plans: Sequence[RunPlan], axes: Sequence[Axis]) -> list[RunPlan]:
                 config = TrainConfig.from_dict({**plan.config.to_dict(), **changes})
             except ConfigError as exc:
                 raise ConfigError(f"sweep combination {label}: {exc}") from None
-            out.append(dataclasses.replace(plan, label=label, config=config))
+            panel, title = plan.panel, plan.panel_title
+            if "dataset" in changes and panel == plan.config.dataset:
+                # a grid of schemes is one panel named after its dataset: keep it that way
+                panel = title = config.dataset
+            out.append(
+                dataclasses.replace(
+                    plan, label=label, config=config, panel=panel, panel_title=title
+                )
+            )
     return out
 
 
