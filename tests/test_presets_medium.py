@@ -21,7 +21,7 @@ from acpsl.experiments.compare import compare
 
 MEDIUM = ("acp-fig4", "acp-fig5", "acp-fig6", "randtopk-table3")
 #: The learning rate the sweep on standard SL chose for the ACP-SL presets (docs/experiments.md).
-ACP_LR = 0.05
+ACP_LR = 0.01
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
