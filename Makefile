@@ -12,6 +12,9 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,dev,digits,net,ray,tensorboard]'
+	# compile the cut's Numba kernels now (cached beside the package), so that the first
+	# scheme call of every later command loads them in well under a second
+	$(BIN)/python -m acpsl.warmup
 	touch $@
 
 demo: $(BIN)/.installed  ## the main job: a short real split-learning run, no download

@@ -195,16 +195,21 @@ def test_md5_result_is_cached_by_path_size_mtime(tmp_path, monkeypatch) -> None:
     assert len(calls) == 2
 
 
-def test_shared_fashion_labels_pass_md5_and_missing_images_are_named() -> None:
+def test_shared_fashion_labels_pass_md5_and_missing_images_are_named(tmp_path) -> None:
     root = _shared("fashion-mnist")
     for name in ("train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         spec = mnist_mod.FASHION_MNIST.files[name]
         integrity.verify_md5(root / "fashion-mnist" / name, md5s=spec.md5s)
+    # a folder holding the real label files but no images
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    for name in ("train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).symlink_to(root / "fashion-mnist" / name)
     with pytest.raises(DataError) as info:
-        load_dataset("fashion-mnist", root=root, train=True)
+        load_dataset("fashion-mnist", root=tmp_path, train=True)
     message = str(info.value)
     assert "train-images-idx3-ubyte.gz" in message
-    assert str((root / "fashion-mnist").resolve()) in message
+    assert str(folder.resolve()) in message
     assert "--download" in message and "copy" in message
     assert "train-labels" not in message  # present files are not reported missing
 
@@ -319,22 +324,25 @@ def test_cifar10_binary_batches(tmp_path) -> None:
         rec[:, 0] = rng.integers(0, 10, size=4)
         (folder / name).write_bytes(rec.tobytes())
         records[name] = rec
-    test = load_dataset("cifar-10", root=tmp_path, train=False)  # .bin has no upstream md5
+    # synthetic files: their md5 is not upstream's, so the reader is asked not to check it
+    test = load_dataset("cifar-10", root=tmp_path, train=False, verify=False)
     rec = records["test_batch.bin"]
     assert test.labels.tolist() == rec[:, 0].tolist()
     assert torch.equal(test.images, torch.from_numpy(rec[:, 1:].reshape(4, 3, 32, 32)))
-    train = load_dataset("cifar-10", root=tmp_path, train=True)
+    train = load_dataset("cifar-10", root=tmp_path, train=True, verify=False)
     assert (
         len(train) == 20
         and train.labels[4:8].tolist() == records["data_batch_2.bin"][:, 0].tolist()
     )
     (folder / "test_batch.bin").write_bytes(rec.tobytes()[:-1])
     with pytest.raises(DataError, match=r"test_batch\.bin: size check failed"):
+        load_dataset("cifar-10", root=tmp_path, train=False, verify=False)
+    with pytest.raises(DataError, match=r"md5 check failed for .*test_batch\.bin"):
         load_dataset("cifar-10", root=tmp_path, train=False)
     rec[0, 0] = 10
     (folder / "test_batch.bin").write_bytes(rec.tobytes())
     with pytest.raises(DataError, match=r"label check failed"):
-        load_dataset("cifar-10", root=tmp_path, train=False)
+        load_dataset("cifar-10", root=tmp_path, train=False, verify=False)
 
 
 def test_cifar100_pickle_uses_fine_labels(tmp_path) -> None:

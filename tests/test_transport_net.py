@@ -665,6 +665,34 @@ def test_splitfed_over_the_network_matches_in_process_engine(tmp_path: Path) -> 
     assert all(r["bytes_wire_model"] > r["bytes_model"] > 0 for r in net)
 
 
+@needs_mnist
+def test_training_options_travel_to_clients_and_match_in_process_engine(tmp_path: Path) -> None:
+    """Augmentation, cosine schedule, bf16 and channels-last: the clients get them with the
+    configuration and the records equal the in-process engine's."""
+    config = small_config(
+        clients=2,
+        rounds=2,
+        augment="crop-flip",
+        lr_schedule="cosine",
+        lr_min=1e-4,
+        precision="bf16",
+        channels_last=True,
+    )
+    server = start_server(config, tmp_path / "net")
+    clients = [ClientThread(server.address) for _ in range(2)]
+    try:
+        for thread in clients:
+            thread.start()
+        assert server.wait(timeout=120)
+        assert [t.finish() for t in clients] == ["run complete", "run complete"]
+        assert clients[0].client.backend.config == config.replace(progress=False)
+    finally:
+        server.stop()
+    assert TrainConfig.from_toml(tmp_path / "net" / "config.toml") == config
+    net = read_jsonl(tmp_path / "net" / "records.jsonl")
+    assert_same_records(net, reference_records(config, tmp_path / "ref"))
+
+
 # --------------------------------------------------------- server-side checks, no network
 @needs_mnist
 def test_evaluation_uses_server_labels_and_hand_back_is_all_or_nothing(tmp_path: Path) -> None:

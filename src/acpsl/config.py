@@ -35,6 +35,9 @@ BUILTIN_SCHEMES = ("standard", "acp", "randtopk", "topk", "sizered", "quant", "l
 BUILTIN_MODELS = ("resnet18", "resnet20", "smallcnn")
 #: Per-step metric loggers a run may write beside ``records.jsonl`` (``acpsl.engine.metrics``).
 LOGGERS = ("csv", "tensorboard")
+AUGMENTS = ("none", "crop-flip")
+LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16")
 
 
 def default_data_dir() -> str:
@@ -68,6 +71,17 @@ class TrainConfig:
         lr: learning rate.
         momentum: SGD momentum.
         weight_decay: L2 weight decay.
+        lr_schedule: ``constant``, or ``cosine``: the learning rate decays from ``lr`` to
+            ``lr_min`` along half a cosine over the run's ``T = rounds x iterations per
+            round`` global iterations, reaching ``lr_min`` at the last one (a function of the
+            global iteration, so a resumed run continues the same curve).
+        lr_min: the floor of the cosine schedule (ignored by ``constant``).
+        augment: ``none``, or ``crop-flip``: every training batch is augmented on the
+            client with a random crop after 4-pixel zero padding and a horizontal flip with
+            probability 1/2, drawn from the run's seed and the global iteration.
+        precision: ``fp32``, or ``bf16``: the client and server models run under
+            ``torch.autocast`` in bfloat16; the cut's payloads stay float32 (same bytes).
+        channels_last: keep the models' 4-D tensors in channels-last memory format.
         seed: seed of every random choice of the run.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:i]``.
         target_acc: test accuracies (in [0, 1]) whose rounds and bytes to reach are reported.
@@ -102,6 +116,11 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    augment: str = "none"
+    precision: str = "fp32"
+    channels_last: bool = False
     seed: int = 0
     device: str = "auto"
     target_acc: tuple[float, ...] = ()
@@ -174,6 +193,10 @@ class TrainConfig:
             raise bad("cut", self.cut, "must be a positive number of client-side layers")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise bad("lr", self.lr, "the learning rate must be a positive number")
+        if not (math.isfinite(self.lr_min) and self.lr_min >= 0):
+            raise bad("lr_min", self.lr_min, "the cosine schedule's floor must be >= 0")
+        if self.lr_schedule == "cosine" and self.lr_min > self.lr:
+            raise bad("lr_min", self.lr_min, f"the cosine floor must not exceed lr={self.lr}")
         if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
             raise bad("momentum", self.momentum, "must be in [0, 1)")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -188,6 +211,13 @@ class TrainConfig:
             raise bad("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
         if self.stem not in STEMS:
             raise bad("stem", self.stem, f"choose one of {', '.join(STEMS)}")
+        for name, choices in (
+            ("lr_schedule", LR_SCHEDULES),
+            ("augment", AUGMENTS),
+            ("precision", PRECISIONS),
+        ):
+            if getattr(self, name) not in choices:
+                raise bad(name, getattr(self, name), f"choose one of {', '.join(choices)}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise bad("device", self.device, "use auto, cpu, cuda or cuda:N")
         for acc in self.target_acc:
@@ -268,10 +298,13 @@ _STR_FIELDS = (
     "mode",
     "partition",
     "optimizer",
+    "lr_schedule",
+    "augment",
+    "precision",
     "device",
 )
-_BOOL_FIELDS = ("download", "eval_uncompressed", "progress")
-_FLOAT_FIELDS = ("beta", "lr", "momentum", "weight_decay")
+_BOOL_FIELDS = ("download", "eval_uncompressed", "progress", "channels_last")
+_FLOAT_FIELDS = ("beta", "lr", "lr_min", "momentum", "weight_decay")
 
 
 def _known_names(kind: str, name: str) -> list[str] | None:

@@ -230,6 +230,8 @@ def check_resumable(saved: Mapping[str, Any], config: TrainConfig, *, finished: 
         CheckpointError: naming every differing key, or if ``config.rounds < finished``.
     """
     current = config.to_dict()
+    # a key the checkpoint lacks was added to TrainConfig later: that run used its default
+    saved = {**TrainConfig().to_dict(), **saved}
     keys = (set(saved) | set(current)) - RESUMABLE_KEYS
     differing = sorted(k for k in keys if _normalize(saved.get(k)) != _normalize(current.get(k)))
     if differing:

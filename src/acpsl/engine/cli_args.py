@@ -16,7 +16,17 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from acpsl.config import MODES, OPTIMIZERS, PARTITIONS, STEMS, TrainConfig, read_toml
+from acpsl.config import (
+    AUGMENTS,
+    LR_SCHEDULES,
+    MODES,
+    OPTIMIZERS,
+    PARTITIONS,
+    PRECISIONS,
+    STEMS,
+    TrainConfig,
+    read_toml,
+)
 from acpsl.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -219,6 +229,42 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=s,
         help="L2 weight decay" + d("weight_decay"),
+    )
+    run.add_argument(
+        "--lr-schedule",
+        dest="lr_schedule",
+        choices=LR_SCHEDULES,
+        default=s,
+        help="constant, or cosine: from --lr down to --lr-min at the run's last iteration "
+        "(over T = rounds x iterations per round)" + d("lr_schedule"),
+    )
+    run.add_argument(
+        "--lr-min",
+        dest="lr_min",
+        type=float,
+        default=s,
+        help="the cosine schedule's floor" + d("lr_min"),
+    )
+    run.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        default=s,
+        help="crop-flip: random crop after 4-pixel zero padding + horizontal flip of every "
+        "training batch, on the client, seeded by --seed" + d("augment"),
+    )
+    run.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=s,
+        help="bf16: client and server forward passes under torch.autocast (CPU or CUDA); "
+        "the cut's payloads stay float32, so their bytes do not change" + d("precision"),
+    )
+    run.add_argument(
+        "--channels-last",
+        dest="channels_last",
+        action=argparse.BooleanOptionalAction,
+        default=s,
+        help="models and inputs in channels-last memory format" + d("channels_last"),
     )
     run.add_argument(
         "--seed",

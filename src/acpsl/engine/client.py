@@ -16,6 +16,9 @@ from torch import nn
 
 from acpsl.cut.labels import encode_labels
 from acpsl.cut.state import decode_state_dict, encode_state_dict
+from acpsl.data.augment import BatchAugmenter
+from acpsl.engine.precision import Precision
+from acpsl.engine.schedule import LrSchedule
 from acpsl.errors import PayloadError, TrainingError
 from acpsl.schemes.base import Scheme
 
@@ -46,6 +49,9 @@ class ClientRuntime:
         optimizer: optimizer over ``model``'s parameters.
         scheme: this client's scheme instance (client side of the cut).
         device: where ``model`` lives; inputs are moved there.
+        augment: augments each training batch (``--augment``; ``None``: no augmentation).
+        precision: autocast and memory format of the forward pass (default: fp32).
+        schedule: sets the optimizer's learning rate before each step (``None``: as built).
     """
 
     def __init__(
@@ -56,13 +62,27 @@ class ClientRuntime:
         optimizer: torch.optim.Optimizer,
         scheme: Scheme,
         device: torch.device | str = "cpu",
+        augment: BatchAugmenter | None = None,
+        precision: Precision | None = None,
+        schedule: LrSchedule | None = None,
     ) -> None:
         self.client_id = int(client_id)
         self.model = model
         self.optimizer = optimizer
         self.scheme = scheme
         self.device = torch.device(device)
+        self.augment = augment
+        self.precision = precision if precision is not None else Precision()
+        self.schedule = schedule
         self._smashed: torch.Tensor | None = None
+        self._step: tuple[int, int] = (0, 0)
+
+    def _smash(self, x: torch.Tensor) -> torch.Tensor:
+        """The client model's output on ``x`` (already on the device), as float32: what
+        crosses the cut is float32 whatever the precision of the computation."""
+        with self.precision.autocast(self.device):
+            out = self.model(self.precision.input(x))
+        return out.float()
 
     # ------------------------------------------------------------------------- training
     def forward(self, x: torch.Tensor, y: torch.Tensor, *, t: int, total: int) -> Uplink:
@@ -77,7 +97,10 @@ class ClientRuntime:
         self.model.train()
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        smashed = self.model(x)
+        if self.augment is not None:
+            x = self.augment(x, step=t)
+        smashed = self._smash(x)
+        self._step = (t, total)
         self.scheme.set_iteration(t=t, total=total)
         payload = self.scheme.compress(smashed.detach(), labels=y, training=True)
         self._smashed = smashed
@@ -109,6 +132,8 @@ class ClientRuntime:
             smashed.backward(grad)
         else:
             torch.autograd.backward([smashed, extra], [grad, torch.ones_like(extra)])
+        if self.schedule is not None:
+            self.schedule.apply(self.optimizer, t=self._step[0], total=self._step[1])
         self.optimizer.step()
 
     # ------------------------------------------------------------------------ inference
@@ -116,14 +141,14 @@ class ClientRuntime:
     def encode_eval(self, x: torch.Tensor) -> bytes:
         """Uplink payload of a test batch (``training=False``: the scheme's inference mode)."""
         self.model.eval()
-        smashed = self.model(x.to(self.device, non_blocking=True))
+        smashed = self._smash(x.to(self.device, non_blocking=True))
         return self.scheme.compress(smashed, labels=None, training=False)
 
     @torch.no_grad()
     def smash(self, x: torch.Tensor) -> torch.Tensor:
         """The client model's output on ``x`` in eval mode, uncompressed (for comparison)."""
         self.model.eval()
-        return self.model(x.to(self.device, non_blocking=True))
+        return self._smash(x.to(self.device, non_blocking=True))
 
     # ---------------------------------------------------------------- model hand-off
     def export_state(self, *, with_optimizer: bool) -> bytes:

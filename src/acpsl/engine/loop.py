@@ -293,7 +293,7 @@ def _train_round(
                 up = client.forward(x, y, t=t, total=total)
                 stats = client.scheme.stats()
                 try:
-                    down, loss, hits = server.step(c, up.smashed, up.labels)
+                    down, loss, hits = server.step(c, up.smashed, up.labels, t=t, total=total)
                 except TrainingError as exc:
                     raise TrainingError(f"round {round_index}, iteration {t}: {exc}") from None
                 client.backward(down)

@@ -16,6 +16,8 @@ from torch import nn
 
 from acpsl.cut.labels import decode_labels
 from acpsl.cut.payload import ShapeLimit, peek_shape
+from acpsl.engine.precision import Precision
+from acpsl.engine.schedule import LrSchedule
 from acpsl.errors import PayloadError, TrainingError
 from acpsl.schemes.base import Scheme
 from acpsl.schemes.perinstance import all_finite
@@ -81,6 +83,8 @@ class ServerRuntime:
             (a tiny payload must not make the server allocate a huge tensor). ``None``: any
             shape, within the decoders' own bound.
         max_batch: the largest batch accepted (the run's batch size).
+        precision: autocast and memory format of the forward pass (default: fp32).
+        schedule: sets the optimizer's learning rate before each step (``None``: as built).
     """
 
     def __init__(
@@ -93,8 +97,12 @@ class ServerRuntime:
         num_classes: int | None = None,
         cut_shape: tuple[int, ...] | None = None,
         max_batch: int | None = None,
+        precision: Precision | None = None,
+        schedule: LrSchedule | None = None,
     ) -> None:
         self.model = model
+        self.precision = precision if precision is not None else Precision()
+        self.schedule = schedule
         self.num_classes = num_classes if num_classes is not None else _infer_classes(model)
         self.optimizer = optimizer
         self.scheme_factory = scheme_factory
@@ -179,13 +187,28 @@ class ServerRuntime:
             )
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def step(self, client_id: int, smashed: bytes, labels: bytes) -> tuple[bytes, float, int]:
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The server model's float32 logits on rebuilt smashed data ``x``."""
+        with self.precision.autocast(self.device):
+            return self.model(self.precision.input(x)).float()
+
+    def step(
+        self,
+        client_id: int,
+        smashed: bytes,
+        labels: bytes,
+        *,
+        t: int | None = None,
+        total: int | None = None,
+    ) -> tuple[bytes, float, int]:
         """One server step: decode, forward, loss, backward, optimizer step, encode gradient.
 
         Args:
             client_id: which client sent the payloads (selects its decoder).
             smashed: the client's forward payload.
             labels: the client's labels payload.
+            t: the global iteration (1-based), for the learning-rate schedule.
+            total: the run's total iterations ``T``, for the learning-rate schedule.
 
         Returns:
             ``(down, loss, correct)``: gradient payload bytes, the batch's mean cross-entropy
@@ -201,7 +224,7 @@ class ServerRuntime:
         x, y = self._inputs(client_id, smashed, labels)
         x.requires_grad_(True)
         buffers = [b.detach().clone() for b in self.model.buffers()]
-        logits = self.model(x)
+        logits = self._logits(x)
         if self.num_classes is None and int(y.max()) >= logits.shape[-1]:
             self._restore_buffers(buffers)
             raise PayloadError(
@@ -217,6 +240,8 @@ class ServerRuntime:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.schedule is not None and t is not None and total is not None:
+            self.schedule.apply(self.optimizer, t=t, total=total)
         self.optimizer.step()
         grad = x.grad
         assert grad is not None  # x is a leaf that requires grad
@@ -252,7 +277,7 @@ class ServerRuntime:
             raise PayloadError("empty evaluation batch (0 samples)")
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        logits = self.model(x)
+        logits = self._logits(x)
         if int(y.min()) < 0 or int(y.max()) >= logits.shape[-1]:
             raise PayloadError(
                 f"evaluation labels in [{int(y.min())}, {int(y.max())}] lie outside the "

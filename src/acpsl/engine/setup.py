@@ -16,9 +16,13 @@ import torch
 from acpsl import data as acpsl_data
 from acpsl import models as acpsl_models
 from acpsl.config import TrainConfig
+from acpsl.data.augment import make_augmenter
+from acpsl.data.dataset import ImageDataset
 from acpsl.data.torch_split import Split
 from acpsl.engine.client import ClientRuntime
 from acpsl.engine.optim import make_optimizer
+from acpsl.engine.precision import Precision
+from acpsl.engine.schedule import LrSchedule
 from acpsl.engine.server import ServerRuntime, probe_cut_shape
 from acpsl.errors import ConfigError
 from acpsl.schemes.base import Scheme
@@ -183,8 +187,15 @@ def build_run(config: TrainConfig, *, device: torch.device) -> Run:
         stem=config.stem,
         seed=config.seed,
     )
-    client_model = split.client.to(device)
-    server_model = split.server.to(device)
+    precision = Precision(dtype=config.precision, channels_last=config.channels_last)
+    schedule = LrSchedule(kind=config.lr_schedule, base=config.lr, floor=config.lr_min)
+    if isinstance(train_set, ImageDataset):
+        mean, std = train_set.mean, train_set.std
+    else:  # a plug-in dataset normalizes its own way: crops are padded with zeros
+        mean, std = (0.0,) * train_set.shape[0], (1.0,) * train_set.shape[0]
+    augment = make_augmenter(config.augment, seed=config.seed, mean=mean, std=std)
+    client_model = precision.model(split.client.to(device))
+    server_model = precision.model(split.server.to(device))
     server = ServerRuntime(
         model=server_model,
         optimizer=make_optimizer(server_model.parameters(), config=config),
@@ -193,6 +204,8 @@ def build_run(config: TrainConfig, *, device: torch.device) -> Run:
         # the server refuses an uplink of another shape, or a larger batch, before decoding it
         cut_shape=probe_cut_shape(client_model, input_shape=tuple(train_set.shape), device=device),
         max_batch=config.batch_size,
+        precision=precision,
+        schedule=schedule,
     )
     clients: list[ClientRuntime] = []
     distinct: list[ClientRuntime] = []
@@ -210,7 +223,14 @@ def build_run(config: TrainConfig, *, device: torch.device) -> Run:
             model = client_model if c == 0 else copy.deepcopy(client_model)
             opt = shared_opt if c == 0 else make_optimizer(model.parameters(), config=config)
         runtime = ClientRuntime(
-            client_id=c, model=model, optimizer=opt, scheme=scheme, device=device
+            client_id=c,
+            model=model,
+            optimizer=opt,
+            scheme=scheme,
+            device=device,
+            augment=augment,
+            precision=precision,
+            schedule=schedule,
         )
         clients.append(runtime)
         if config.mode != "sequential" or c == 0:

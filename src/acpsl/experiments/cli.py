@@ -119,6 +119,16 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
         "parameter to the realised mean uplink bytes per sample of the acp run of the same seed "
         "(which runs first) when acp is in the list (default: auto)",
     )
+    grid.add_argument(
+        "--sweep",
+        nargs="+",
+        action="extend",
+        metavar="KEY=V1,V2",
+        default=None,
+        help="training options as extra grid axes, e.g. --sweep lr=0.01,0.03 optimizer=sgd,adam: "
+        "every run once per combination, labelled LABEL-lr=0.01-optimizer=sgd (values parsed "
+        "as TOML scalars; they win over the preset and the other options)",
+    )
     grid.add_argument("--workers", type=int, default=1, help="local processes at once (default: 1)")
     grid.add_argument(
         "--threads",
@@ -271,8 +281,10 @@ def run_compare(args: argparse.Namespace) -> int:
     """Build the grid from the options and run it; exit 1 when a run failed."""
     from acpsl.experiments import presets
     from acpsl.experiments.compare import compare, raise_on_failures
+    from acpsl.experiments.sweep import describe, expand, parse_sweep
 
     overrides = _overrides(args)
+    axes = parse_sweep(args.sweep or [])
     progress = bool(overrides.get("progress", True))
     meta: dict[str, Any]
     if args.preset:
@@ -306,6 +318,9 @@ def run_compare(args: argparse.Namespace) -> int:
             fraction=args.fraction,
         )
         meta = {"preset": None, "scale": None, "target_acc": list(overrides.get("target_acc", []))}
+    plans = expand(plans, axes)
+    if axes:
+        meta["sweep"] = describe(axes)
     if args.dry_run:
         _print_dry_run(plans)
         return 0

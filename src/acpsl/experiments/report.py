@@ -576,6 +576,9 @@ def _report_text(
         lines += [str(preset["description"]), ""]
     if grid.get("scale"):
         lines += [f"Scale: `{grid['scale']}`.", ""]
+    if grid.get("sweep"):
+        axes = "; ".join(f"`{k}` in {', '.join(map(str, v))}" for k, v in grid["sweep"].items())
+        lines += [f"Swept (one label per combination): {axes}.", ""]
     unfinished = [r for r in runs if not r.finished]
     if unfinished:
         lines += [

@@ -377,7 +377,7 @@ class EngineServerBackend:
         return start
 
     def train_step(self, *, client_id: int, t: int, smashed: bytes, labels: bytes) -> bytes:
-        down, loss, hits = self.run.server.step(client_id, smashed, labels)
+        down, loss, hits = self.run.server.step(client_id, smashed, labels, t=t, total=self._total)
         n = int(decode_labels(labels).numel())
         acc = self._acc
         acc["bytes_up"] += len(smashed)
