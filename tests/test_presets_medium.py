@@ -19,7 +19,7 @@ from acpsl.config import TrainConfig
 from acpsl.experiments import presets
 from acpsl.experiments.compare import compare
 
-MEDIUM = ("acp-fig4", "acp-fig5", "acp-fig6", "randtopk-table3")
+MEDIUM = ("acp-fig4", "acp-fig5", "acp-fig6", "randtopk-table3", "acp-levels")
 #: The learning rate the sweep on standard SL chose for the ACP-SL presets (docs/experiments.md).
 ACP_LR = 0.01
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -53,7 +53,8 @@ def test_medium_scale_settings(name: str) -> None:
         assert {p.config.augment for p in plans} == {"crop-flip"}
         assert {p.config.lr for p in plans} == {0.05}
     else:
-        assert {p.config.dataset for p in plans} == {"cifar-10", "fashion-mnist"}
+        datasets = {"fashion-mnist"} if name == "acp-levels" else {"cifar-10", "fashion-mnist"}
+        assert {p.config.dataset for p in plans} == datasets
         assert {p.config.augment for p in plans} == {"none"}
         assert {p.config.lr for p in plans} == {ACP_LR}  # one lr for every scheme and panel
     # full keeps the papers' printed values
@@ -79,6 +80,12 @@ def test_medium_scale_runs_on_the_real_datasets(name: str, tmp_path: Path, one_t
         "progress": False,
     }
     labels = [r.label for r in preset.runs][:2]
+    # a run matched to ACP-SL's realised bytes needs its reference run in the grid too
+    labels += [
+        str(r.match["to"])
+        for r in preset.runs
+        if r.label in labels and r.match and r.match.get("to") not in (None, "panel")
+    ]
     plans = preset.plan(scale="medium", overrides=shrink, seeds=[1], labels=labels)
     plans = [p for p in plans if p.panel == plans[0].panel]
     result = compare(plans, out_dir=tmp_path, workers=1, progress=False)
