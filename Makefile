@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed  ## the main job: a short real split-learning run, no download
-	$(BIN)/acpsl demo
+	$(BIN)/acpsl demo --overwrite  # replaces runs/demo of an earlier demo, saying so
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks examples
