@@ -269,14 +269,7 @@ def decode_header(
             more than :data:`MAX_EXPANSION` times the payload's bytes.
     """
     what = reader.what
-    magic = bytes(reader.take(2))
-    if magic != MAGIC:
-        raise PayloadError(
-            f"{what}: bad magic {magic!r} (expected {MAGIC!r}); not an acpsl payload"
-        )
-    version = reader.u8()
-    if version != VERSION:
-        raise PayloadError(f"{what}: format version {version}, this acpsl reads version {VERSION}")
+    _check_magic_and_version(reader, what=what)
     got_scheme = reader.u8()
     if got_scheme != scheme_id:
         raise PayloadError(
@@ -328,6 +321,22 @@ def check_expansion(shape: tuple[int, ...], *, dtype: torch.dtype, size: int, wh
         )
 
 
+def _check_magic_and_version(reader: PayloadReader, *, what: str) -> None:
+    """Read the first 3 bytes of a header: the magic and the format version.
+
+    Raises:
+        PayloadError: not an acpsl payload, or another format version.
+    """
+    magic = bytes(reader.take(2))
+    if magic != MAGIC:
+        raise PayloadError(
+            f"{what}: bad magic {magic!r} (expected {MAGIC!r}); not an acpsl payload"
+        )
+    version = reader.u8()
+    if version != VERSION:
+        raise PayloadError(f"{what}: format version {version}, this acpsl reads version {VERSION}")
+
+
 def peek_shape(data: bytes | bytearray | memoryview, *, what: str) -> tuple[int, ...]:
     """The shape a payload's header declares, read without decoding anything else.
 
@@ -337,15 +346,9 @@ def peek_shape(data: bytes | bytearray | memoryview, *, what: str) -> tuple[int,
     Raises:
         PayloadError: not an acpsl payload of this version, or a truncated header.
     """
-    reader = PayloadReader(bytes(data), what=what)
-    magic = bytes(reader.take(2))
-    if magic != MAGIC:
-        raise PayloadError(
-            f"{what}: bad magic {magic!r} (expected {MAGIC!r}); not an acpsl payload"
-        )
-    version = reader.u8()
-    if version != VERSION:
-        raise PayloadError(f"{what}: format version {version}, this acpsl reads version {VERSION}")
+    # only the header is read: no copy of a (possibly large) body
+    reader = PayloadReader(bytes(memoryview(data)[: header_size(MAX_NDIM)]), what=what)
+    _check_magic_and_version(reader, what=what)
     reader.take(3)  # scheme, kind, dtype: the decoder's to check
     ndim = reader.u8()
     if ndim > MAX_NDIM:
