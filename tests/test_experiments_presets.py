@@ -88,7 +88,9 @@ def test_paper_settings_of_fig4_and_table3() -> None:
     assert ("high", "quant") not in levels and ("high", "l1") not in levels  # infeasible there
     assert levels[("medium", "quant")].config.scheme_params == {"bits": 2}
     assert levels[("low", "quant")].config.scheme_params == {"bits": 4}
-    assert len(table3) == 5 * (1 + 3 + 5 + 5)
+    # vanilla: standard; high: both RandTopk samplings, top-k, size reduction;
+    # medium and low: those and quantization, L1
+    assert len(table3) == 5 * (1 + 4 + 6 + 6)
 
 
 def test_plan_precedence_seeds_fraction_and_selection() -> None:
@@ -164,7 +166,7 @@ def test_presets_cli(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in listing
     assert cli_main(["presets", "randtopk-table3"]) == 0
     detail = capsys.readouterr().out
-    assert "scale full: 70 runs" in detail and "scale tiny: 14 runs" in detail
+    assert "scale full: 85 runs" in detail and "scale tiny: 17 runs" in detail
 
 
 @pytest.fixture()
