@@ -230,12 +230,18 @@ def test_report_writes_every_file_and_table_equals_records(tmp_path: Path) -> No
         ]
         per_run = [sum(kept[i * ROUNDS : (i + 1) * ROUNDS]) / ROUNDS for i in range(3)]
         assert float(row["kept_frac_mean"]) == pytest.approx(sum(per_run) / 3)
+        # how much accuracy still rose over the last 20% of rounds: ceil(0.2 * 6) = 2 rounds
+        rises = [recs[-1]["test_acc"] - recs[-3]["test_acc"] for recs in runs]
+        mean, std = _naive_mean_std(rises)
+        assert float(row["late_rise_mean"]) == pytest.approx(mean, abs=1e-12)
+        assert float(row["late_rise_std"]) == pytest.approx(std, abs=1e-12)
 
     per_run = _read_csv(files.runs_csv)
     assert len(per_run) == len(PANELS) * len(LABELS) * len(SEEDS)
     for row in per_run:
         recs = data[(row["panel"], row["label"], int(row["seed"]))]
         assert float(row["final_acc"]) == recs[-1]["test_acc"]
+        assert float(row["late_rise"]) == pytest.approx(recs[-1]["test_acc"] - recs[-3]["test_acc"])
         assert (
             int(row["cut_bytes_total"]) == recs[-1]["bytes_up_total"] + recs[-1]["bytes_down_total"]
         )
@@ -251,10 +257,48 @@ def test_report_writes_every_file_and_table_equals_records(tmp_path: Path) -> No
     mean, std = float(first["final_acc_mean"]), float(first["final_acc_std"])
     assert f"{100 * mean:.2f} ± {100 * std:.2f}" in md
     assert "MNIST, IID" in md and "MNIST, Dirichlet(0.5)" in md
+    assert "rise over last 20% of rounds (pts)" in md
+    rise, rise_std = float(first["late_rise_mean"]), float(first["late_rise_std"])
+    assert f"{100 * rise:.2f} ± {100 * rise_std:.2f}" in md
     report = files.report_md.read_text()
     assert report.startswith("# A synthetic grid")
     for png in files.plots.values():
         assert f"]({png.name})" in report
+
+
+@pytest.mark.parametrize(
+    ("accs", "expected"),
+    [
+        ([0.5], None),  # one round: nothing to compare with
+        ([0.2, 0.6], 0.4),  # ceil(0.2 * 2) = 1 round
+        ([0.1, 0.2, 0.3, 0.4, 0.5], 0.1),  # ceil(1.0) = 1 round
+        ([0.1, 0.2, 0.3, 0.4, 0.5, 0.65], 0.25),  # ceil(1.2) = 2 rounds
+        ([0.1, 0.3, 0.5, 0.6, 0.7, 0.75, 0.78, 0.77], 0.02),  # ceil(1.6) = 2 rounds
+        ([0.1] * 10 + [0.2] * 6 + [0.4] * 4, 0.2),  # 20 rounds: round 20 vs round 16
+    ],
+)
+def test_late_rise_is_the_gain_over_the_last_fifth_of_rounds(
+    accs: list[float], expected: float | None
+) -> None:
+    from acpsl.experiments.report import run_metrics
+
+    records = [
+        {
+            "round": i + 1,
+            "test_acc": a,
+            "bytes_up_total": 0,
+            "bytes_down_total": 0,
+            "bytes_labels_total": 0,
+            "bytes_model_total": 0,
+            "bytes_up": 0,
+        }
+        for i, a in enumerate(accs)
+    ]
+    rise = run_metrics(records, targets=()).late_rise
+    if expected is None:
+        assert rise is None
+    else:
+        assert rise == pytest.approx(expected, abs=1e-12)
 
 
 def test_report_on_plain_run_directories(tmp_path: Path) -> None:

@@ -2,11 +2,12 @@
 
 Per run (``runs.csv``): final and best test accuracy, the first round whose test accuracy
 reaches each target and the cumulative cut traffic (smashed data up + gradients down) at
-that round, the total cut traffic, the mean pruning ratio, and the uplink size relative to
-an uncompressed (``standard``) run on the same data. Per panel and label (``table.csv``,
-``table.md``): the mean and the standard deviation over seeds of each (sample standard
-deviation, ``ddof = 1``; 0 for one seed); a target counts only the seeds that reached it,
-and the table says how many did.
+that round, how much the test accuracy still rose over the last 20% of rounds (whether the
+curve has flattened: ``acc[R] - acc[R - ceil(0.2 R)]``), the total cut traffic, the mean
+pruning ratio, and the uplink size relative to an uncompressed (``standard``) run on the
+same data. Per panel and label (``table.csv``, ``table.md``): the mean and the standard
+deviation over seeds of each (sample standard deviation, ``ddof = 1``; 0 for one seed); a
+target counts only the seeds that reached it, and the table says how many did.
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ class RunMetrics:
     kept_frac_mean: float | None
     up_per_round: float
     wall_s: float
+    late_rise: float | None = None
+
+
+def late_rise(accs: Sequence[float], *, fraction: float = 0.2) -> float | None:
+    """How much the test accuracy still rose over the last ``fraction`` of the rounds:
+    ``acc[R] - acc[R - n]`` with ``n = ceil(fraction * R)`` (at least one round); ``None``
+    for a single round. Near 0 says the curve has flattened by the end of the run; a
+    learning-rate schedule that decays to 0 flattens it by construction, so read it beside
+    the accuracy itself."""
+    if len(accs) < 2:
+        return None
+    n = min(len(accs) - 1, max(1, math.ceil(fraction * len(accs) - 1e-9)))
+    return float(accs[-1]) - float(accs[-1 - n])
 
 
 def run_metrics(records: Sequence[Mapping[str, Any]], *, targets: Sequence[float]) -> RunMetrics:
@@ -81,6 +95,7 @@ def run_metrics(records: Sequence[Mapping[str, Any]], *, targets: Sequence[float
         kept_frac_mean=sum(kept) / len(kept) if kept else None,
         up_per_round=sum(int(r["bytes_up"]) for r in records) / len(records),
         wall_s=float(last.get("wall_s", 0.0)),
+        late_rise=late_rise(accs),
     )
 
 
@@ -200,6 +215,7 @@ def table_csv_rows(rows: Sequence[Row], *, targets: Sequence[float]) -> list[dic
         for name, values in (
             ("final_acc", [m.final_acc for m in ms]),
             ("best_acc", [m.best_acc for m in ms]),
+            ("late_rise", [m.late_rise for m in ms if m.late_rise is not None]),
             ("cut_bytes_total", [float(m.cut_bytes_total) for m in ms]),
             ("training_bytes_total", [float(m.training_bytes_total) for m in ms]),
         ):
@@ -245,6 +261,7 @@ def run_csv_rows(
                 "finished": run.finished,
                 "final_acc": m.final_acc,
                 "best_acc": m.best_acc,
+                "late_rise": m.late_rise,
             }
             for t in targets:
                 key = f"{100 * t:g}"
@@ -282,7 +299,14 @@ def markdown_table(
     table: Sequence[Mapping[str, Any]], *, targets: Sequence[float], titles: Mapping[str, str]
 ) -> str:
     """``table.md``: one line per panel and label, mean ± std over seeds."""
-    header = ["panel", "scheme", "seeds", "final acc (%)", "best acc (%)"]
+    header = [
+        "panel",
+        "scheme",
+        "seeds",
+        "final acc (%)",
+        "best acc (%)",
+        "rise over last 20% of rounds (pts)",
+    ]
     for t in targets:
         header += [f"rounds to {_pct(t)}", f"cut MB to {_pct(t)}"]
     header += [
@@ -302,6 +326,7 @@ def markdown_table(
             str(n),
             _fmt(rec["final_acc_mean"], rec["final_acc_std"], scale=100, n=n),
             _fmt(rec["best_acc_mean"], rec["best_acc_std"], scale=100, n=n),
+            _fmt(rec["late_rise_mean"], rec["late_rise_std"], scale=100, n=n),
         ]
         for t in targets:
             key = f"{100 * t:g}"
