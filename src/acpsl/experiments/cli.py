@@ -129,6 +129,15 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
         "every run once per combination, labelled LABEL-lr=0.01-optimizer=sgd (values parsed "
         "as TOML scalars; they win over the preset and the other options)",
     )
+    grid.add_argument(
+        "--reuse",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="other grids' directories: a run whose training configuration equals a finished "
+        "run there (all options but the data directory, targets, progress and loggers) is "
+        "copied from it instead of trained again; its run.json names the source",
+    )
     grid.add_argument("--workers", type=int, default=1, help="local processes at once (default: 1)")
     grid.add_argument(
         "--threads",
@@ -333,10 +342,16 @@ def run_compare(args: argparse.Namespace) -> int:
         progress=progress,
         threads=args.threads,
         ray_gpus=args.ray_gpus,
+        reuse=args.reuse,
     )
     done = sum(1 for r in result.results.values() if r["status"] == "done")
     skipped = sum(1 for r in result.results.values() if r["status"] == "skipped")
-    print(f"compare: {done} runs trained, {skipped} already finished, {len(result.failed)} failed")
+    reused = sum(1 for r in result.results.values() if r["status"] == "reused")
+    print(
+        f"compare: {done} runs trained, {skipped} already finished, "
+        + (f"{reused} reused from --reuse, " if args.reuse else "")
+        + f"{len(result.failed)} failed"
+    )
     if not args.no_report and len(result.failed) < len(result.results):
         from acpsl.experiments.report import write_report
 

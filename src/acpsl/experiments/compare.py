@@ -132,8 +132,9 @@ def compare(
     progress: bool = True,
     threads: int | None = None,
     ray_gpus: float = 0.0,
+    reuse: Sequence[str | Path] = (),
 ) -> CompareResult:
-    """Run (or resume, or skip) every run of a grid.
+    """Run (or resume, or skip, or reuse) every run of a grid.
 
     Args:
         plans: the runs (:meth:`acpsl.experiments.presets.Preset.plan`, or
@@ -164,6 +165,10 @@ def compare(
             f"the grid has duplicate runs: {', '.join(dupes)}; give them distinct labels"
         )
     plans = dependency_order(plans)
+    reuse_dirs = [str(Path(p).resolve()) for p in reuse]
+    for path in reuse_dirs:
+        if not Path(path).is_dir():
+            raise ConfigError(f"--reuse {path}: not a directory; pass the --out of a grid")
     if ray_address is None:
         preflight(plans)
     plugin_env = plugin_environment(plans)
@@ -179,6 +184,7 @@ def compare(
             threads=threads,
             ray_gpus=ray_gpus,
             plugin_env=plugin_env,
+            reuse=reuse_dirs,
         )
 
 
@@ -217,6 +223,7 @@ def _compare_locked(
     threads: int | None,
     ray_gpus: float,
     plugin_env: Mapping[str, str],
+    reuse: Sequence[str] = (),
 ) -> CompareResult:
     check_references(plans, root=root)
     write_grid(root, plans, dict(meta or {}))
@@ -233,9 +240,10 @@ def _compare_locked(
             threads=threads,
             gpus=ray_gpus,
             plugin_env=plugin_env,
+            reuse=reuse,
         )
     elif workers == 1:
-        _run_inline(plans, root=root, result=result, progress=progress)
+        _run_inline(plans, root=root, result=result, progress=progress, reuse=reuse)
     else:
         per = threads or max(1, (os.cpu_count() or 1) // workers)
         _run_processes(
@@ -246,6 +254,7 @@ def _compare_locked(
             result=result,
             progress=progress,
             env={**os.environ, **plugin_env},
+            reuse=reuse,
         )
     return result
 
@@ -347,7 +356,12 @@ def preflight(plans: Sequence[RunPlan]) -> None:
 
 # ------------------------------------------------------------------------- in process
 def _run_inline(
-    plans: Sequence[RunPlan], *, root: Path, result: CompareResult, progress: bool
+    plans: Sequence[RunPlan],
+    *,
+    root: Path,
+    result: CompareResult,
+    progress: bool,
+    reuse: Sequence[str] = (),
 ) -> None:
     keys = {p.key for p in plans}
     bar = tqdm(
@@ -360,6 +374,7 @@ def _run_inline(
             continue
         data = plan.to_dict()
         data["config"]["progress"] = bool(progress and data["config"].get("progress", True))
+        data["reuse"] = list(reuse)
         try:
             result.results[plan.key] = run_plan(data, root=root, log=logger.info)
         except Exception as exc:  # one failing run must not stop the grid
@@ -392,6 +407,7 @@ def _run_processes(
     result: CompareResult,
     progress: bool,
     env: Mapping[str, str],
+    reuse: Sequence[str] = (),
 ) -> None:
     pending = list(plans)
     keys = {p.key for p in plans}
@@ -423,7 +439,9 @@ def _run_processes(
                     result.results[plan.key] = {"key": plan.key, "status": "skipped"}
                     bar.update(1)
                     continue
-                running[plan.key] = _start_worker(plan, root=root, threads=threads, env=env)
+                running[plan.key] = _start_worker(
+                    plan, root=root, threads=threads, env=env, reuse=reuse
+                )
             time.sleep(0.1)
             for key, (proc, log, plan) in list(running.items()):
                 code = proc.poll()
@@ -444,12 +462,18 @@ def _run_processes(
 
 
 def _start_worker(
-    plan: RunPlan, *, root: Path, threads: int, env: Mapping[str, str]
+    plan: RunPlan,
+    *,
+    root: Path,
+    threads: int,
+    env: Mapping[str, str],
+    reuse: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[bytes], Any, RunPlan]:
     path = run_dir(root, plan)
     path.mkdir(parents=True, exist_ok=True)
     data = plan.to_dict()
     data["config"]["progress"] = False
+    data["reuse"] = list(reuse)
     write_atomic(path / PLAN_FILE, json.dumps(data).encode("utf-8"))
     (path / RESULT_FILE).unlink(missing_ok=True)
     log = (path / LOG_FILE).open("ab")
@@ -539,6 +563,7 @@ def _run_ray(
     threads: int | None,
     gpus: float = 0.0,
     plugin_env: Mapping[str, str] | None = None,
+    reuse: Sequence[str] = (),
 ) -> None:
     if not gpus >= 0:
         raise ConfigError(f"ray_gpus={gpus!r} must be >= 0")
@@ -571,6 +596,7 @@ def _run_ray(
                     continue
                 data = plan.to_dict()
                 data["config"]["progress"] = False
+                data["reuse"] = list(reuse)
                 env = dict(plugin_env or {})
                 refs[task.remote(data, str(root.resolve()), threads or 1, env)] = plan
 

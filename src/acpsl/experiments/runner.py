@@ -76,8 +76,13 @@ def run_plan(
         root: the grid's directory; the run goes to ``root/<panel>/<label>/seed<k>``.
         log: where the engine's progress lines go (``None``: silent).
 
+    ``plan_data["reuse"]`` (optional): grid directories whose finished runs may stand in
+    for this one when their training configuration is the same
+    (:mod:`acpsl.experiments.reuse`); only a run that has no record yet is replaced.
+
     Returns:
-        ``{"key", "status": "skipped" | "done", "final_acc", "rounds"}``.
+        ``{"key", "status": "skipped" | "done" | "reused", "final_acc", "rounds"}``
+        (``"source"`` too when reused).
 
     Raises:
         AcpslError: whatever the engine raises (bad configuration, missing data, a
@@ -103,7 +108,6 @@ def run_plan(
         config = resolve_match(config, target_bytes_per_sample=target)
     elif plan.match_fraction is not None or plan.match_acp is not None:
         config = resolve_match(config, fraction=plan.match_fraction, acp_params=plan.match_acp)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "panel": plan.panel,
         "panel_title": plan.panel_title,
@@ -117,6 +121,21 @@ def run_plan(
         "match_run": plan.match_run,
         "match_bytes_per_sample": target,
     }
+    reuse = [Path(p) for p in plan_data.get("reuse") or ()]
+    if reuse and not read_records(out / RECORDS_FILE):
+        from acpsl.experiments.reuse import adopt_run, find_reusable
+
+        source = find_reusable(config, reuse)
+        if source is not None and source.resolve() != out.resolve():
+            records = adopt_run(source, out, config=config, meta=meta)
+            return {
+                "key": plan.key,
+                "status": "reused",
+                "final_acc": records[-1]["test_acc"],
+                "rounds": len(records),
+                "source": str(source),
+            }
+    out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / RUN_FILE, json.dumps(meta, indent=1).encode("utf-8"))
     # With no checkpoint yet, resume=True starts from round 1; a run killed inside round 1
     # resumes from the round-0 checkpoint written at its start (acpsl.engine.checkpoint).
