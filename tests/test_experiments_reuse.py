@@ -174,3 +174,33 @@ def test_cli_reuse(tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixt
     )
     assert cli_main([*args, "--out", str(tmp_path / "c"), "--reuse", str(tmp_path / "x")]) == 2
     assert "--reuse" in capsys.readouterr().err
+
+
+def test_scheme_defaults_count_as_given() -> None:
+    cfg = TrainConfig(dataset="mnist", scheme="acp", scheme_params={"scorer": "lcis"})
+    paper = cfg.replace(scheme_params={"p_min": 0.6, "p_base": 0.7, "p_max": 0.8})
+    assert training_identity(cfg) == training_identity(paper)
+    assert training_identity(cfg) != training_identity(cfg.replace(scheme_params={"seed": 3}))
+    assert training_identity(cfg) != training_identity(cfg.replace(scheme_params={"scorer": "l0"}))
+
+
+@pytest.mark.parametrize(
+    ("preset", "key", "fig4_key"),
+    [
+        ("acp-fig5", "cifar10-dir/acp-lcis/seed1", "cifar10-dir/acp/seed1"),
+        ("acp-fig6", "fmnist-dir/acp-adaptive/seed0", "fmnist-dir/acp/seed0"),
+        ("acp-levels", "fmnist-dir/standard/seed1", "fmnist-dir/standard/seed1"),
+        ("acp-levels", "fmnist-dir/acp-p70/seed0", "fmnist-dir/acp/seed0"),
+    ],
+)
+def test_medium_presets_share_runs_with_acp_fig4(preset: str, key: str, fig4_key: str) -> None:
+    """What ``--reuse runs/acp-fig4`` saves in the campaign (docs/experiments.md)."""
+    from acpsl.experiments import presets
+
+    plans = {p.key: p for p in presets.load(preset).plan(scale="medium")}
+    fig4 = {p.key: p for p in presets.load("acp-fig4").plan(scale="medium")}
+    assert training_identity(plans[key].config) == training_identity(fig4[fig4_key].config)
+    others = [p for k, p in plans.items() if k != key and p.label != plans[key].label]
+    assert all(
+        training_identity(p.config) != training_identity(fig4[fig4_key].config) for p in others
+    )

@@ -9,16 +9,18 @@ run: ``--reuse`` copies it instead of training it again, which on a 2-core machi
 about five minutes per ResNet-18 run of the medium scale.
 
 Equal means every field of :class:`acpsl.config.TrainConfig` after matching is resolved
-(scheme, its parameters such as a matched ``k``, data, model, optimizer, schedule, seed,
-device, ...), except those that do not change what is trained: :data:`IGNORED` (where the
-data files live, the report's target accuracies, progress bars and step loggers). The copy
-gets this grid's ``config.toml`` and ``run.json`` (its panel and label) with
-``reused_from`` naming the source, and a ``summary.json`` recomputed for this grid's
-targets; the records, partition, kept-channel counts and checkpoint are the source's.
+(scheme, its parameters with their defaults filled in and a matched ``k`` resolved, data,
+model, optimizer, schedule, seed, device, ...), except those that do not change what is
+trained: :data:`IGNORED` (where the data files live, the report's target accuracies,
+progress bars and step loggers). The copy gets this grid's ``config.toml`` and
+``run.json`` (its panel and label) with ``reused_from`` naming the source, and a
+``summary.json`` recomputed for this grid's targets; the records, partition, kept-channel
+counts and checkpoint are the source's.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
@@ -45,10 +47,36 @@ COPIED = (
 )
 
 
+def effective_scheme_params(scheme: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with the scheme's defaults filled in, so that ``{"scorer": "lcis"}`` and
+    ``{"p_min": 0.6, "p_base": 0.7, "p_max": 0.8}`` name the same ACP-SL. ``seed`` is left
+    as given (the engine derives it from the run's seed otherwise); a scheme the registry
+    does not know keeps its parameters as they are."""
+    from acpsl.schemes.registry import SCHEMES
+
+    try:
+        signature = inspect.signature(SCHEMES.get(scheme))
+    except (ConfigError, TypeError, ValueError):
+        return dict(params)
+    out: dict[str, Any] = {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if name != "seed"
+        and p.default is not inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
+    out.update(params)
+    return out
+
+
 def training_identity(config: TrainConfig | Mapping[str, Any]) -> str:
-    """The part of a configuration that determines the trained run, as canonical JSON."""
+    """The part of a configuration that determines the trained run, as canonical JSON
+    (scheme parameters with their defaults filled in)."""
     data = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
     kept = {k: v for k, v in data.items() if k not in IGNORED}
+    kept["scheme_params"] = effective_scheme_params(
+        str(kept.get("scheme")), dict(kept.get("scheme_params") or {})
+    )
     return json.dumps(kept, sort_keys=True, default=str)
 
 
