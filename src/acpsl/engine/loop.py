@@ -38,6 +38,7 @@ from acpsl.config import TrainConfig
 from acpsl.cut.labels import encode_labels
 from acpsl.engine.aggregate import splitfed_aggregate
 from acpsl.engine.checkpoint import (
+    load_checkpoint,
     prepare_run_dir,
     rounds_note,
     save_checkpoint,
@@ -505,3 +506,39 @@ def _restore(run: Run, ckpt: dict[str, Any]) -> None:
         raise CheckpointError(f"checkpoint does not fit this run: {exc}") from None
     if not math.isfinite(float(ckpt["wall_s"])):
         raise CheckpointError("checkpoint holds a non-finite wall time; it is corrupt")
+
+
+def restore_run(run_dir: str | Path, *, config: TrainConfig | None = None) -> Run:
+    """The :class:`Run` of a run directory at its last checkpoint (models, optimizers and
+    scheme state restored), for analyses of a trained run (:mod:`acpsl.analysis.diagnose`).
+
+    Args:
+        run_dir: a run directory holding ``config.toml`` and ``checkpoint.pt``.
+        config: the configuration to build the run with (default: the run's ``config.toml``);
+            it must train the same models, e.g. the run's with another ``data_dir`` or
+            ``eval_uncompressed=True``.
+
+    Raises:
+        CheckpointError: the files are missing or corrupt, or the checkpoint does not fit.
+        DataError: the run's dataset is not available.
+    """
+    path = Path(run_dir)
+    if config is None:
+        if not (path / CONFIG).exists():
+            raise CheckpointError(f"{path / CONFIG} is missing: {path} is not a run directory")
+        config = TrainConfig.from_toml(path / CONFIG)
+    if not (path / CHECKPOINT).exists():
+        raise CheckpointError(
+            f"{path / CHECKPOINT} is missing: the run's trained models are needed (runs "
+            "copied without checkpoints can be reported, not analysed)"
+        )
+    ckpt = load_checkpoint(path / CHECKPOINT)
+    run = build_run(config, device=resolve_device(config.device))
+    _restore(run, ckpt)
+    return run
+
+
+def evaluate(run: Run) -> dict[str, Any]:
+    """Test accuracy and loss of ``run`` through the cut (the scheme's inference mode), and
+    uncompressed when ``run.config.eval_uncompressed`` (what each round's record holds)."""
+    return _evaluate(run)

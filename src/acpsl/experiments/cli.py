@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from acpsl.config import TrainConfig, read_toml
@@ -18,10 +19,12 @@ from acpsl.errors import ConfigError
 
 
 def add_parser(subparsers: Any) -> None:
-    """Add ``presets``, ``compare`` and ``report`` to an ``argparse`` subparsers object."""
+    """Add ``presets``, ``compare``, ``report`` and ``diagnose`` to an ``argparse``
+    subparsers object."""
     add_presets_parser(subparsers)
     add_compare_parser(subparsers)
     add_report_parser(subparsers)
+    add_diagnose_parser(subparsers)
 
 
 # ---------------------------------------------------------------------------- presets
@@ -492,8 +495,134 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- diagnose
+def add_diagnose_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``acpsl diagnose DIR ...``: the instruments of :mod:`acpsl.analysis.diagnose`."""
+    p = subparsers.add_parser(
+        "diagnose",
+        help="why a compressed run is less accurate: compressed vs uncompressed test "
+        "accuracy, P_t trace, kept channels, ranking stability",
+        description="For each finished run (a run directory, or every run below a grid "
+        "directory): test accuracy of the final models with the cut compressed as at "
+        "inference and uncompressed; ACP-SL's per-iteration P_t (mean, std, mean change, "
+        "share at the clip bounds); kept-channel concentration; and how stable per-batch "
+        "instantaneous rankings are (Jaccard overlap of kept sets vs random). Prints a "
+        "Markdown table.",
+    )
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run or grid directories")
+    p.add_argument("--scheme", default=None, help="only runs of this scheme (e.g. acp)")
+    p.add_argument(
+        "--batches", type=int, default=20, help="training batches for the ranking (default 20)"
+    )
+    p.add_argument("--data-dir", default=None, help="where the dataset lives, if moved")
+    p.add_argument(
+        "--no-eval",
+        dest="evaluate",
+        action="store_false",
+        help="records and kept counts only (no checkpoint, no data, seconds)",
+    )
+    p.add_argument("--json", default=None, metavar="FILE", help="also write every number here")
+    p.set_defaults(func=run_diagnose)
+    return p
+
+
+def _run_dirs(dirs: Sequence[str]) -> list[Path]:
+    found: list[Path] = []
+    for d in dirs:
+        base = Path(d)
+        if (base / "config.toml").exists():
+            found.append(base)
+            continue
+        if not base.is_dir():
+            raise ConfigError(f"{base} is not a directory; pass run or grid directories")
+        below = sorted(p.parent for p in base.rglob("summary.json"))
+        if not below:
+            raise ConfigError(f"{base} holds no finished run (no summary.json below it)")
+        found += below
+    return found
+
+
+def diagnosis_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The Markdown table ``acpsl diagnose`` prints (percentages; "—" where not applicable)."""
+
+    def pct(v: Any, digits: int = 1) -> str:
+        return "—" if v is None or v != v else f"{100 * float(v):.{digits}f}"
+
+    def num(v: Any, digits: int = 2) -> str:
+        return "—" if v is None or v != v else f"{float(v):.{digits}f}"
+
+    header = [
+        "run",
+        "test acc (%)",
+        "compressed eval (%)",
+        "uncompressed eval (%)",
+        "P_t mean ± std (%)",
+        "mean change of P_t per iteration (pts)",
+        "P_t at bounds (%)",
+        "never kept",
+        "top-quarter share (%)",
+        "effective channels",
+        "kept-set overlap: consecutive / vs inference / random",
+        "separation kept: per batch / inference (%)",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for d in rows:
+        trace = d.get("ratio_trace") or {}
+        kept = d.get("kept") or {}
+        stab = d.get("stability") or {}
+        overlap = (
+            f"{num(stab.get('consecutive'))} / {num(stab.get('vs_inference'))} / "
+            f"{num(stab.get('random'))}"
+            if stab
+            else "—"
+        )
+        cells = [
+            str(d["run"]),
+            pct(d.get("test_acc_recorded"), 2),
+            pct(d.get("test_acc_compressed"), 2),
+            pct(d.get("test_acc_uncompressed"), 2),
+            f"{pct(trace.get('mean'))} ± {pct(trace.get('std'))}" if trace else "—",
+            pct(trace.get("mean_abs_step")) if trace else "—",
+            pct(trace.get("at_bounds")) if trace else "—",
+            "—" if not kept else f"{int(kept['never'])} of {int(kept['channels'])}",
+            pct(kept.get("top_quarter_share")) if kept else "—",
+            num(kept.get("effective"), 1) if kept else "—",
+            overlap,
+            (
+                f"{pct(stab.get('separation_kept'))} / {pct(stab.get('separation_kept_inference'))}"
+                if stab
+                else "—"
+            ),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    """Diagnose every run named and print the table."""
+    from acpsl.analysis.diagnose import diagnose_run
+
+    if args.batches < 1:
+        raise ConfigError(f"--batches {args.batches}: must be at least 1")
+    rows = []
+    for path in _run_dirs(args.dirs):
+        if args.scheme is not None:
+            if TrainConfig.from_toml(path / "config.toml").scheme != args.scheme:
+                continue
+        rows.append(
+            diagnose_run(path, data_dir=args.data_dir, batches=args.batches, evaluate=args.evaluate)
+        )
+    if not rows:
+        raise ConfigError(f"no run of scheme {args.scheme!r} in {', '.join(args.dirs)}")
+    print(diagnosis_table(rows), end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m acpsl.experiments {presets,compare,report} ...``."""
+    """``python -m acpsl.experiments {presets,compare,report,diagnose} ...``."""
     from acpsl.errors import AcpslError
     from acpsl.logs import add_log_arguments, configure_from_args
 
