@@ -126,3 +126,20 @@ def test_a_reference_that_is_missing_or_failed_stops_its_baselines(
         result.failed["mnist/quant/seed0"]
         == "not run: it is matched to mnist/acp/seed0, which failed"
     )
+
+
+def test_the_grid_file_and_report_keep_the_preset_order(tmp_path: Path, shared_data: Path) -> None:
+    """ACP-SL trains first (its realised bytes are the baselines' target), but compare.json
+    and the report list the runs as the user gave them, not in training order."""
+    import json
+
+    from acpsl.experiments.report import write_report
+
+    base = {**BASE, "data_dir": str(shared_data), "rounds": 1, "subset": 32}
+    plans = plans_for_schemes(["standard", "randtopk", "acp"], base=base, seeds=[0])
+    compare(plans, out_dir=tmp_path, progress=False)
+    grid = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["label"] for r in grid["runs"]] == ["standard", "randtopk", "acp"]
+    files = write_report(tmp_path)
+    table = files.table_md.read_text().splitlines()[2:]
+    assert [line.split(" | ")[1] for line in table] == ["Standard SL", "RandTopk", "ACP-SL"]

@@ -164,6 +164,7 @@ def compare(
         raise ConfigError(
             f"the grid has duplicate runs: {', '.join(dupes)}; give them distinct labels"
         )
+    listed = list(plans)  # compare.json and the report keep the order the user gave
     plans = dependency_order(plans)
     reuse_dirs = [str(Path(p).resolve()) for p in reuse]
     for path in reuse_dirs:
@@ -176,6 +177,7 @@ def compare(
     with grid_lock(root):
         return _compare_locked(
             plans,
+            listed=listed,
             root=root,
             workers=workers,
             ray_address=ray_address,
@@ -215,6 +217,7 @@ def plugin_environment(plans: Sequence[RunPlan]) -> dict[str, str]:
 def _compare_locked(
     plans: Sequence[RunPlan],
     *,
+    listed: Sequence[RunPlan] | None = None,
     root: Path,
     workers: int,
     ray_address: str | None,
@@ -226,7 +229,7 @@ def _compare_locked(
     reuse: Sequence[str] = (),
 ) -> CompareResult:
     check_references(plans, root=root)
-    write_grid(root, plans, dict(meta or {}))
+    write_grid(root, plans if listed is None else listed, dict(meta or {}))
     result = CompareResult(root=root)
     if not plans:
         return result
