@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from processes import session_alive
@@ -292,3 +293,46 @@ def test_a_second_compare_on_the_same_out_fails_fast(
     # the lock dies with its holder (even killed): the directory is usable again
     assert compare([], out_dir=out, workers=1, progress=False).results == {}
     assert (out / "compare.json").exists()
+
+
+def test_inline_compare_runs_with_the_threads_asked_for(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``workers=1`` trains in this process: ``threads`` applies there too, and the
+    process's thread count is restored afterwards."""
+    import torch
+
+    from acpsl.experiments import compare as compare_mod
+
+    seen: list[int] = []
+    real = compare_mod.run_plan
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(compare_mod, "run_plan", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plans = plans_for_schemes(
+            ["standard"],
+            base={
+                "dataset": "mnist",
+                "data_dir": str(shared_data),
+                "model": "smallcnn",
+                "cut": 1,
+                "subset": 16,
+                "test_subset": 16,
+                "batch_size": 16,
+                "clients": 1,
+                "rounds": 1,
+                "progress": False,
+            },
+            seeds=[0],
+        )
+        compare(plans, out_dir=tmp_path, workers=1, threads=1, progress=False)
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

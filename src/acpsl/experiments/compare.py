@@ -145,7 +145,8 @@ def compare(
             run becomes a Ray task and ``workers`` is ignored.
         meta: what ``compare.json`` records beside the runs (preset summary, scale, targets).
         progress: show a progress bar over the runs (and, with ``workers=1``, the engine's).
-        threads: PyTorch threads per worker process (default: CPU cores / workers).
+        threads: PyTorch threads per worker process (default: CPU cores / workers); with
+            ``workers=1``, this process's threads while the grid trains (default: as they are).
         ray_gpus: GPUs each Ray task reserves (e.g. 1, or 0.25 to share a GPU among four
             runs). Ray hides the GPUs from tasks that reserve none, so on a GPU cluster set it.
 
@@ -246,7 +247,9 @@ def _compare_locked(
             reuse=reuse,
         )
     elif workers == 1:
-        _run_inline(plans, root=root, result=result, progress=progress, reuse=reuse)
+        _run_inline(
+            plans, root=root, result=result, progress=progress, reuse=reuse, threads=threads
+        )
     else:
         per = threads or max(1, (os.cpu_count() or 1) // workers)
         _run_processes(
@@ -365,6 +368,28 @@ def _run_inline(
     result: CompareResult,
     progress: bool,
     reuse: Sequence[str] = (),
+    threads: int | None = None,
+) -> None:
+    """Train the grid in this process, with ``threads`` PyTorch threads when given (the
+    process's own count is restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        _run_inline_plans(plans, root=root, result=result, progress=progress, reuse=reuse)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_inline_plans(
+    plans: Sequence[RunPlan],
+    *,
+    root: Path,
+    result: CompareResult,
+    progress: bool,
+    reuse: Sequence[str],
 ) -> None:
     keys = {p.key for p in plans}
     bar = tqdm(
