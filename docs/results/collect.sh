@@ -25,7 +25,7 @@ while read -r f; do
     cp "$grid/$f" "$out/runs/$f"
 done
 "$bin" report "$out/runs" --out "$out" > /dev/null
-if "$bin" diagnose "$grid" --scheme acp --json "$out/diagnose.json" > "$out/diagnose.md.tmp"; then
+if "$bin" diagnose "$grid" --scheme acp --json "$out/diagnose.json" | grep -v "^wrote " > "$out/diagnose.md.tmp"; then
     mv "$out/diagnose.md.tmp" "$out/diagnose.md"
 else
     rm -f "$out/diagnose.md.tmp"
