@@ -4,6 +4,7 @@
 # and the diagnosis of its ACP-SL runs (needs the checkpoints, so it reads the grid).
 #
 #   docs/results/collect.sh NAME [GRID_DIR]      # GRID_DIR defaults to runs/NAME
+#   DIAGNOSE=0 docs/results/collect.sh NAME      # skip the diagnosis (about 1 min per run)
 #
 # Afterwards `acpsl report docs/results/NAME/runs --out docs/results/NAME` redraws the
 # report from the repository alone, and copying docs/results/NAME/runs to runs/NAME lets
@@ -25,7 +26,9 @@ while read -r f; do
     cp "$grid/$f" "$out/runs/$f"
 done
 "$bin" report "$out/runs" --out "$out" > /dev/null
-if "$bin" diagnose "$grid" --scheme acp --json "$out/diagnose.json" | grep -v "^wrote " > "$out/diagnose.md.tmp"; then
+if [ "${DIAGNOSE:-1}" = 0 ]; then
+    :
+elif "$bin" diagnose "$grid" --scheme acp --json "$out/diagnose.json" | grep -v "^wrote " > "$out/diagnose.md.tmp"; then
     mv "$out/diagnose.md.tmp" "$out/diagnose.md"
 else
     rm -f "$out/diagnose.md.tmp"
