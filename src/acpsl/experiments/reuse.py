@@ -31,7 +31,7 @@ from typing import Any
 from acpsl.config import TrainConfig
 from acpsl.engine.records import read_records, summarize, write_atomic
 from acpsl.errors import CheckpointError, ConfigError
-from acpsl.experiments.runs import CONFIG_FILE, RECORDS_FILE, SUMMARY_FILE
+from acpsl.experiments.runs import CONFIG_FILE, RECORDS_FILE, RUN_FILE, SUMMARY_FILE
 
 logger = logging.getLogger("acpsl.experiments")
 
@@ -116,8 +116,6 @@ def adopt_run(
     ``summary.json`` for ``config.target_acc``; copies :data:`COPIED` (the checkpoint by a
     hard link where the file system allows). Returns the records.
     """
-    from acpsl.experiments.runs import RUN_FILE
-
     out.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         src = source / name
