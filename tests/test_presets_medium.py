@@ -46,7 +46,10 @@ def test_medium_scale_settings(name: str) -> None:
         cfg = plan.config
         assert cfg.lr_schedule == "cosine" and cfg.precision == "fp32"
         assert cfg.test_subset == 5000 and cfg.subset is not None
-        assert cfg.subset == {"cifar-10": 10000, "fashion-mnist": 12000}[cfg.dataset]
+        if name == "randtopk-table3":  # ResNet-20 at 12%: 34 runs within the 75 minutes
+            assert cfg.subset == 6000
+        else:
+            assert cfg.subset == {"cifar-10": 10000, "fashion-mnist": 12000}[cfg.dataset]
     if name == "randtopk-table3":
         assert {p.config.dataset for p in plans} == {"cifar-10"}
         assert all(p.panel_title.endswith("[run on cifar-10]") for p in plans)
