@@ -672,3 +672,35 @@ def test_report_cli_formats_and_dpi(tmp_path: Path) -> None:
     big = imread(png).shape
     assert big[0] == pytest.approx(2 * small[0], abs=4)  # twice the DPI, twice the pixels
     assert cli_main(["report", str(tmp_path), "--format", "gif"]) == 2
+
+
+def test_count_hist_leaves_out_panels_without_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grid's uncompressed panel has no top-k run: its histogram panel would be an empty
+    frame in a paper figure, so only panels with counts get axes (shares still exact)."""
+    seen: dict[str, Any] = {}
+    real = plots._finish
+
+    def spy(fig: Any, path: Path, **kwargs: Any) -> Path:
+        seen["visible"] = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+        seen["lines"] = {
+            ax.get_title(): [list(line.get_ydata()) for line in ax.get_lines()] for ax in fig.axes
+        }
+        return real(fig, path, **kwargs)
+
+    monkeypatch.setattr(plots, "_finish", spy)
+    written = plots.plot_count_hist(
+        [
+            ("no compression", {}),
+            ("high", {"topk": [[3.0, 1.0], [1.0, 3.0]], "randtopk": [[0.0, 0.0]]}),
+            ("low", {"topk": [[1.0, 0.0, 1.0, 2.0]]}),
+        ],
+        path=tmp_path / "hist.png",
+        title="counts",
+        xlabel="neuron rank",
+    )
+    assert written == tmp_path / "hist.png" and written.is_file()
+    assert seen["visible"] == ["high", "low"]
+    assert seen["lines"]["high"] == [[50.0, 50.0]]  # randtopk's all-zero counts: no line
+    assert seen["lines"]["low"] == [[50.0, 25.0, 25.0, 0.0]]

@@ -788,16 +788,23 @@ def plot_count_hist(
     all_styles = dict(styles or {})
     for label, color in (colors or {}).items():
         all_styles.setdefault(label, Style(name=label, color=color, marker="o"))
-    plt = _pyplot()
-    fig, axes = _grid(plt, len(panels))
-    drawn = False
-    for ax, (panel_title, by_label) in zip(axes, panels):
+    # Per panel, each label's counts summed over seeds; labels without a selection and
+    # panels without any (an uncompressed panel has no top-k run) get no line and no axes.
+    summed: list[tuple[str, dict[str, list[float]]]] = []
+    for panel_title, by_label in panels:
+        lines = {}
         for label, seeds in by_label.items():
-            if not seeds:
-                continue
-            totals = [sum(col) for col in zip(*seeds)]
-            if sum(totals) <= 0:
-                continue
+            totals = [sum(col) for col in zip(*seeds)] if seeds else []
+            if sum(totals) > 0:
+                lines[label] = totals
+        if lines:
+            summed.append((panel_title, lines))
+    if not summed:
+        return None
+    plt = _pyplot()
+    fig, axes = _grid(plt, len(summed))
+    for ax, (panel_title, lines) in zip(axes, summed):
+        for label, totals in lines.items():
             share = sorted((100.0 * v / sum(totals) for v in totals), reverse=True)
             style = _style(all_styles, label)
             ax.step(
@@ -809,15 +816,11 @@ def plot_count_hist(
                 ls=style.linestyle,
                 lw=1.6,
             )
-            drawn = True
         _integer_ticks(ax)
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("share of all selections (%)")
         ax.grid(True, alpha=0.3)
-    if not drawn:
-        plt.close(fig)
-        return None
     return _finish(
         fig,
         Path(path),

@@ -188,6 +188,7 @@ def build_run(config: TrainConfig, *, device: torch.device) -> Run:
         seed=config.seed,
     )
     precision = Precision(dtype=config.precision, channels_last=config.channels_last)
+    precision.warn_if_slow(device)
     schedule = LrSchedule(kind=config.lr_schedule, base=config.lr, floor=config.lr_min)
     if isinstance(train_set, ImageDataset):
         mean, std = train_set.mean, train_set.std
