@@ -794,7 +794,7 @@ def plot_count_hist(
     for panel_title, by_label in panels:
         lines = {}
         for label, seeds in by_label.items():
-            totals = [sum(col) for col in zip(*seeds)] if seeds else []
+            totals = [sum(col) for col in zip(*seeds)]
             if sum(totals) > 0:
                 lines[label] = totals
         if lines:
